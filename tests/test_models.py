@@ -1,0 +1,108 @@
+"""RobustModel in compile/fit/evaluate, save/load, and under MirroredStrategy."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust import models, norms
+from tfrobust import objectives as O
+from tfrobust.attacks import AttackConfig
+
+
+def data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, 6, 6, 1)).astype("float32")
+    w = rng.normal(size=(36, 3)).astype("float32")
+    y = (x.reshape(n, -1) @ w).argmax(-1)
+    return x, y
+
+
+def tiny_cnn():
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3, activation="tanh"),
+                             keras.layers.Flatten(), keras.layers.Dense(3)], name="tiny")
+
+
+PGD = AttackConfig(name="pgd", eps=0.1, steps=2, step_size=0.05, random_start=False)
+OBJECTIVES = {
+    "natural": lambda: O.CrossEntropy(),
+    "jacobian_l1": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5, norm="l1"),
+    "jacobian_l2": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5, norm="l2"),
+    "jacobian_l2_squared": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5, norm="l2_squared"),
+    "jacobian_linf": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5, norm="linf"),
+    "input_gradient": lambda: O.CrossEntropy() + O.InputGradient(c=0.5),
+    "pgd_at": lambda: O.AdversarialTraining(PGD, mix=0.5),
+    "cw_at": lambda: O.AdversarialTraining(AttackConfig(name="cw", eps=0.1, steps=2, step_size=0.05)),
+    "fast_at": lambda: O.FastAdversarialTraining(eps=0.1),
+    "jacobian_at": lambda: O.AdversarialTraining(PGD, mix=0.5) + O.DecisionJacobian(c=0.5, at=PGD),
+}
+
+
+def test_fit_logs_every_term_and_learns():
+    x, y = data(256)
+    model = models.RobustModel(tiny_cnn(), OBJECTIVES["jacobian_at"]())
+    model.compile(optimizer=keras.optimizers.Adam(0.02), metrics=["accuracy"])
+    hist = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history
+    assert {"loss", "adv_ce", "jacobian_penalty", "accuracy"} <= set(hist)
+    assert hist["loss"][-1] < hist["loss"][0]
+    np.testing.assert_allclose(hist["loss"][-1], hist["adv_ce"][-1] + hist["jacobian_penalty"][-1],
+                               rtol=1e-4)
+    res = model.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(res["loss"], res["adv_ce"] + res["jacobian_penalty"], rtol=1e-4)
+    assert res["accuracy"] > 0.5
+
+
+def test_save_and_load_round_trip(tmp_path):
+    x, y = data()
+    obj = O.AdversarialTraining(AttackConfig(name="cw", eps=0.1, steps=3, step_size=0.05), mix=0.5) \
+        + O.DecisionJacobian(c=2.0, norm="l1")
+    model = models.RobustModel(tiny_cnn(), obj, clip=(0.0, 1.0))
+    model.compile(optimizer="adam", metrics=["accuracy"])
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    back = keras.models.load_model(path)
+    assert isinstance(back, models.RobustModel)
+    assert [t.get_config() for t in back.objective.terms] == [t.get_config() for t in obj.terms]
+    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    # It can keep training after loading.
+    back.fit(x, y, epochs=1, batch_size=16, verbose=0)
+
+
+def test_compiled_loss_and_probability_classifiers_are_rejected():
+    x, y = data(8)
+    model = models.RobustModel(tiny_cnn())
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="without loss"):
+        model.fit(x, y, epochs=1, verbose=0)
+    probs = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")], name="probs")
+    with pytest.raises(ValueError, match="probabilities"):
+        models.RobustModel(probs)
+
+
+def _one_step(objective_name, strategy, x, y, init):
+    with strategy.scope():
+        model = models.RobustModel(tiny_cnn(), OBJECTIVES[objective_name]())
+        model.classifier.set_weights(init)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    return model.classifier.get_weights()
+
+
+@pytest.mark.parametrize("objective_name", sorted(OBJECTIVES))
+def test_mirrored_step_equals_single_device_step(objective_name, monkeypatch):
+    """DESIGN §3.5: weights after one SGD step on 2 logical CPUs equal the 1-device result."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) >= 2, "conftest should create two logical CPU devices"
+    # Random starts differ between one device and two; make them deterministic.
+    monkeypatch.setattr(norms, "random_start", lambda shape, eps, norm, dtype=tf.float32, seed=None:
+                        tf.zeros(shape, dtype))
+    x, y = data(8)
+    init = tiny_cnn().get_weights()
+    single = _one_step(objective_name, tf.distribute.OneDeviceStrategy(devices[0]), x, y, init)
+    mirrored = _one_step(objective_name, tf.distribute.MirroredStrategy(devices[:2]), x, y, init)
+    moved = max(np.abs(a - b).max() for a, b in zip(single, init))
+    assert moved > 1e-3
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,205 @@
+"""The robust-training model wrapper and a small zoo of classifiers.
+
+:class:`RobustModel` wraps any Keras classifier that outputs logits and
+trains it on an :class:`~tfrobust.objectives.Objective` inside an ordinary
+``compile``/``fit``/``evaluate``. Keras integration is only through
+``train_step`` and ``test_step`` (DESIGN §3.4); under ``tf.distribute`` the
+objective is scaled like a compiled loss (DESIGN §3.5).
+
+Example::
+
+    model = RobustModel(mnist_cnn(), CrossEntropy() + DecisionJacobian(c=500))
+    model.compile(optimizer="adam", metrics=["accuracy"])
+    model.fit(x, y, epochs=5)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfrobust import losses
+from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objective
+
+__all__ = [
+    "RobustModel",
+    "mnist_cnn",
+    "cifar_cnn",
+    "linear_classifier",
+    "build_classifier",
+    "CLASSIFIERS",
+    "scale_loss_for_distribution",
+]
+
+
+@keras.saving.register_keras_serializable(package="tfrobust")
+class RobustModel(keras.Model):
+    """A classifier trained on a robustness objective by ``fit``.
+
+    Args:
+        classifier: a Keras model mapping inputs to logits (not probabilities).
+        objective: an :class:`Objective`, a :class:`Term`, a list of terms, or
+            ``None`` for natural cross-entropy training.
+        clip: valid input range used by attacks inside the objective, or ``None``.
+        attack_training: the ``training`` flag while generating adversarial points.
+        **kwargs: passed to ``keras.Model`` (e.g. ``name``).
+
+    Raises:
+        ValueError: if the classifier ends in a softmax or sigmoid.
+    """
+
+    def __init__(self, classifier: keras.Model, objective: Objective | Term | list | None = None,
+                 clip: tuple[float, float] | None = (0.0, 1.0), attack_training: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        losses.check_logits(classifier, name=f"classifier {classifier.name!r}")
+        self.classifier = classifier
+        self.objective = as_objective(objective)
+        self.clip = tuple(float(c) for c in clip) if clip is not None else None
+        self.attack_training = bool(attack_training)
+        self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
+        self.built = classifier.built
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    def build(self, input_shape):
+        if not self.classifier.built:
+            self.classifier.build(input_shape)
+        self.built = True
+
+    # -- Keras integration ---------------------------------------------------
+
+    def _loss_metric(self) -> keras.metrics.Metric:
+        # The "loss" tracker that Keras' compile() creates (compile with no loss:
+        # the objective is the loss).
+        tracker = getattr(self, "_loss_tracker", None)
+        if tracker is None:
+            raise RuntimeError("compile the RobustModel before fit/evaluate, e.g. "
+                               "model.compile(optimizer='adam', metrics=['accuracy'])")
+        return tracker
+
+    def _step(self, data, training: bool):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("RobustModel needs labels: call fit/evaluate with (x, y)")
+        if getattr(self, "_compile_loss", None) is not None:
+            raise ValueError("RobustModel's loss is its objective: call compile() without loss= "
+                             "and pass the objective to RobustModel(classifier, objective)")
+        ctx = StepContext(self.classifier, x, y, training=training, clip=self.clip,
+                          attack_training=self.attack_training)
+        ctx.prepare(self.objective)
+        return ctx, x, y, sample_weight
+
+    def _finish(self, ctx: StepContext, total, parts, x, y, sample_weight):
+        self._loss_metric().update_state(total, sample_weight=tf.shape(ctx.x)[0])
+        for tracker in self.term_trackers:
+            tracker.update_state(parts[tracker.name])
+        logits = ctx.cached_logits(CLEAN)
+        if logits is None:
+            logits = self.classifier(ctx.x, training=False)
+        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def train_step(self, data):
+        ctx, x, y, sample_weight = self._step(data, training=True)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            total, parts = self.objective(ctx, sample_weight)
+            scaled = scale_loss_for_distribution(total)
+            if self.optimizer is not None:
+                scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, weights)
+        self.optimizer.apply_gradients(zip(grads, weights))
+        return self._finish(ctx, total, parts, x, y, sample_weight)
+
+    def test_step(self, data):
+        ctx, x, y, sample_weight = self._step(data, training=False)
+        total, parts = self.objective(ctx, sample_weight)
+        return self._finish(ctx, total, parts, x, y, sample_weight)
+
+    # -- serialisation ---------------------------------------------------------
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "objective": keras.saving.serialize_keras_object(self.objective),
+            "clip": list(self.clip) if self.clip is not None else None,
+            "attack_training": self.attack_training,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RobustModel":
+        config = dict(config)
+        classifier = keras.saving.deserialize_keras_object(config.pop("classifier"))
+        objective = keras.saving.deserialize_keras_object(config.pop("objective"))
+        return cls(classifier, objective, **config)
+
+
+def scale_loss_for_distribution(loss: tf.Tensor) -> tf.Tensor:
+    """Divides a per-replica mean loss by the replica count, as Keras does for compiled losses.
+
+    Gradients are summed over replicas, so this makes the update that of the
+    global batch mean (DESIGN §3.5).
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * tf.cast(1.0 / replicas, loss.dtype)
+
+
+# -- classifiers ---------------------------------------------------------------
+
+
+def mnist_cnn(input_shape=(28, 28, 1), num_classes: int = 10, width: float = 1.0,
+              name: str = "mnist_cnn") -> keras.Model:
+    """The decision-surface paper's MNIST net: 2 conv + 2 dense layers (Madry et al.'s CNN).
+
+    conv 5x5 (32w) - maxpool - conv 5x5 (64w) - maxpool - dense (1024w) - dense (logits).
+    ``width`` scales every layer (``width=1`` is the paper's size).
+    """
+    w = lambda n: max(1, int(round(n * width)))  # noqa: E731
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(w(32), 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(w(64), 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(w(1024), activation="relu"),
+        keras.layers.Dense(num_classes),
+    ], name=name)
+
+
+def cifar_cnn(input_shape=(32, 32, 3), num_classes: int = 10, width: float = 1.0,
+              name: str = "cifar_cnn") -> keras.Model:
+    """The decision-surface paper's CIFAR-10 net: 5 conv layers + global average pooling."""
+    w = lambda n: max(1, int(round(n * width)))  # noqa: E731
+    layers = [keras.Input(input_shape)]
+    plan = ((64, 1), (128, 2), (128, 1), (256, 2), (num_classes, 1))
+    for i, (filters, stride) in enumerate(plan):
+        last = i == len(plan) - 1
+        layers.append(keras.layers.Conv2D(filters if last else w(filters), 3, strides=stride,
+                                          padding="same", activation=None if last else "relu"))
+    layers.append(keras.layers.GlobalAveragePooling2D())
+    return keras.Sequential(layers, name=name)
+
+
+def linear_classifier(input_shape, num_classes: int = 10, name: str = "linear") -> keras.Model:
+    """Softmax regression on flattened inputs: logits ``W x + b``."""
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes)], name=name)
+
+
+CLASSIFIERS = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "linear": linear_classifier}
+"""Classifier name -> builder, for configs."""
+
+
+def build_classifier(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:
+    """Builds a zoo classifier by name.
+
+    Raises:
+        ValueError: naming an unknown classifier.
+    """
+    if name not in CLASSIFIERS:
+        raise ValueError(f"model {name!r} is unknown; choose one of {sorted(CLASSIFIERS)}")
+    return CLASSIFIERS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)

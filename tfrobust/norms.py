@@ -1,0 +1,116 @@
+"""Norm maths for attacks and penalties, in one place.
+
+Attacks never branch on the threat norm: they call :func:`steepest_step`,
+:func:`project` and :func:`random_start`, which dispatch here (DESIGN §3.2).
+Every function works on a batch: the first axis indexes examples and the norm
+is taken over all remaining axes.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = [
+    "NORMS",
+    "validate_norm",
+    "per_example_norm",
+    "dual_norm",
+    "steepest_step",
+    "project",
+    "random_start",
+]
+
+NORMS = ("linf", "l2")
+"""Threat norms the attacks support."""
+
+_TINY = 1e-12
+
+
+def validate_norm(norm: str) -> str:
+    """Returns ``norm`` if it is a supported threat norm.
+
+    Raises:
+        ValueError: naming the bad value.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not supported; choose one of {NORMS}")
+    return norm
+
+
+def _reduce_axes(t: tf.Tensor) -> tf.Tensor:
+    return tf.range(1, tf.rank(t))
+
+
+def _expand_like(v: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """Reshapes a per-example vector to broadcast against ``t``."""
+    shape = tf.concat([tf.shape(v), tf.ones([tf.rank(t) - 1], tf.int32)], 0)
+    return tf.reshape(v, shape)
+
+
+def per_example_norm(t: tf.Tensor, norm: str) -> tf.Tensor:
+    """The ``norm`` of each example of ``t`` (``l1``, ``l2`` or ``linf``)."""
+    axes = _reduce_axes(t)
+    if norm == "linf":
+        return tf.reduce_max(tf.abs(t), axis=axes)
+    if norm == "l2":
+        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes))
+    if norm == "l1":
+        return tf.reduce_sum(tf.abs(t), axis=axes)
+    raise ValueError(f"norm={norm!r} is not supported; choose one of ('l1', 'l2', 'linf')")
+
+
+def dual_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
+    """Dual norm of ``grad`` for the threat ``norm`` (L1 for L∞, L2 for L2).
+
+    For a locally linear function f, ``f(x + δ) - f(x) ≈ ∇f·δ`` is at most
+    ``eps * dual_norm(∇f)`` over the eps ball of ``norm``.
+    """
+    validate_norm(norm)
+    return per_example_norm(grad, "l1" if norm == "linf" else "l2")
+
+
+def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:
+    """Unit-size steepest-ascent direction for ``grad`` under ``norm``.
+
+    L∞: ``sign(grad)``. L2: ``grad / ||grad||_2`` per example (zero stays zero).
+    """
+    validate_norm(norm)
+    if norm == "linf":
+        return tf.sign(grad)
+    n = per_example_norm(grad, "l2")
+    return grad / _expand_like(tf.maximum(n, _TINY), grad)
+
+
+def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
+    """Projects each example of ``delta`` onto the ``norm`` ball of radius ``eps``."""
+    validate_norm(norm)
+    eps = tf.cast(eps, delta.dtype)
+    if norm == "linf":
+        return tf.clip_by_value(delta, -eps, eps)
+    n = per_example_norm(delta, "l2")
+    scale = tf.minimum(tf.ones_like(n), eps / tf.maximum(n, _TINY))
+    return delta * _expand_like(scale, delta)
+
+
+def random_start(
+    shape: tf.TensorShape | tf.Tensor,
+    eps: float | tf.Tensor,
+    norm: str,
+    dtype: tf.DType = tf.float32,
+    seed: int | None = None,
+) -> tf.Tensor:
+    """A random point in the ``norm`` ball of radius ``eps``, per example.
+
+    L∞: uniform in the cube. L2: uniform in the ball (Gaussian direction,
+    radius ``eps * u ** (1 / dim)``).
+    """
+    validate_norm(norm)
+    eps = tf.cast(eps, dtype)
+    if norm == "linf":
+        return tf.random.uniform(shape, -1.0, 1.0, dtype=dtype, seed=seed) * eps
+    direction = tf.random.normal(shape, dtype=dtype, seed=seed)
+    direction = steepest_step(direction, "l2")
+    dim = tf.cast(tf.reduce_prod(shape[1:]), dtype)
+    u = tf.random.uniform(tf.shape(direction)[:1], dtype=dtype, seed=seed)
+    radius = eps * tf.pow(u, 1.0 / dim)
+    return direction * _expand_like(radius, direction)
