@@ -155,7 +155,7 @@ def pgd(
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             objective = direction * tf.reduce_sum(loss_fn(model(x_adv, training=training), labels))
-        grad = tape.gradient(objective, x_adv)
+        grad = tape.gradient(objective, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x_adv = x_adv + step_size * norms.steepest_step(grad, norm)
         x_adv = _clip(x + norms.project(x_adv - x, eps, norm), clip)
         return i + 1, x_adv
