@@ -1,0 +1,112 @@
+"""Recipes, the train verb, and resuming after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+import yaml
+
+from tfrobust import objectives as O
+from tfrobust import training
+from tfrobust.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ["mnist_natural", "mnist_jacobian", "mnist_input_gradient", "mnist_adv_train",
+            "mnist_pgd_at", "mnist_jacobian_at"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_loads(name):
+    config = training.load_config(name)
+    assert config["name"] == name
+    assert isinstance(training.build_objective(config["objective"]), O.Objective)
+
+
+def test_required_recipes_exist_with_the_papers_settings():
+    for name in REQUIRED:
+        training.load_config(name)
+    jac = training.build_objective(training.load_config("mnist_jacobian")["objective"])
+    assert [type(t) for t in jac.terms] == [O.CrossEntropy, O.DecisionJacobian]
+    adv = training.build_objective(training.load_config("mnist_adv_train")["objective"]).terms[0]
+    assert (adv.attack.name, adv.attack.steps, adv.attack.step_size) == ("cw", 10, 0.1)
+    both = training.build_objective(training.load_config("mnist_jacobian_at")["objective"])
+    assert {type(t) for t in both.terms} == {O.AdversarialTraining, O.DecisionJacobian}
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}}, "'objective'"),
+    ({"dataset": "imagenet", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}]},
+     "'imagenet'"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "magic"}]}, "'magic'"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"},
+      "objective": [{"type": "decision_jacobian", "c": -5}]}, "c=-5"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
+      "train": {"epochz": 3}}, "epochz"),
+])
+def test_bad_recipes_name_the_bad_field(tmp_path, config, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=match):
+        training.load_config(path)
+
+
+def test_cli_train_writes_model_history_tensorboard(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config", "digits_tiny", "--out", str(out), "--epochs", "2"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 2 and "jacobian_penalty" in history and "val_accuracy" in history
+    model = keras.models.load_model(out / "model.keras")
+    assert type(model.objective.terms[1]) is O.DecisionJacobian
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    # Asking for more epochs resumes from the checkpoint instead of starting over.
+    assert main(["train", "--config", "digits_tiny", "--out", str(out), "--epochs", "3"]) == 0
+    again = json.loads((out / "history.json").read_text())
+    assert len(again["loss"]) == 3 and again["loss"][:2] == history["loss"]
+
+
+def test_cli_train_bad_input(tmp_path, capsys):
+    assert main(["train", "--config", "no_such_recipe", "--out", str(tmp_path)]) == 2
+    assert "'no_such_recipe'" in capsys.readouterr().err
+    assert main(["train", "--config", "digits_tiny", "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert "epochs=0" in capsys.readouterr().err
+
+
+def test_sigkill_mid_training_then_resume(tmp_path):
+    """Kill `tfrobust train` after its second checkpoint; the rerun resumes and finishes."""
+    config = yaml.safe_load((REPO / "training" / "configs" / "digits_tiny.yaml").read_text())
+    config["train"]["epochs"] = 40
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tfrobust", "train", "--config", str(path), "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state_path = out / "checkpoints" / "state.json"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if state_path.exists() and json.loads(state_path.read_text())["epochs_done"] >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint within 120 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = json.loads(state_path.read_text())
+    assert 2 <= killed["epochs_done"] < 40, "the run should have been killed mid-way"
+    assert not (out / "model.keras").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr
+    history = json.loads((out / "history.json").read_text())
+    n = killed["epochs_done"]
+    assert len(history["loss"]) == 40
+    assert history["loss"][:n] == killed["history"]["loss"]  # nothing before the kill was lost
+    assert keras.models.load_model(out / "model.keras").classifier.count_params() > 0

@@ -1,0 +1,172 @@
+"""``tfrobust quickstart``: the README's main job on the embedded MNIST.
+
+Trains the seed paper's MNIST CNN naturally and with the decision-margin
+Jacobian penalty (Yu et al.) for a few epochs on CPU, evaluates both under
+FGSM, BIM and C&W at eps 0.1/0.2/0.3 with the paper's settings (10 iterations,
+step 0.1) on a test subset, prints the table beside the paper's Table 1 and
+writes ``report.json``, the models and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from tfrobust import data, evaluation, models, training
+from tfrobust import objectives as O
+
+__all__ = ["HELP", "add_arguments", "run", "PAPER_TABLE1", "quickstart", "plot_report"]
+
+HELP = "train natural and Jacobian-regularised MNIST CNNs, evaluate, compare with the paper"
+
+PAPER_TABLE1 = {
+    # Yu et al., Table 1 (MNIST test accuracy, eps on [0,1]); DESIGN §1.1.
+    "natural": {"clean": 0.991, "fgsm": {"0.1": 0.673, "0.2": 0.129, "0.3": 0.047},
+                "bim": {"0.1": 0.225, "0.2": 0.0, "0.3": 0.0},
+                "cw": {"0.1": 0.216, "0.2": 0.0, "0.3": 0.0}},
+    "adv_train": {"clean": 0.991, "fgsm": {"0.1": 0.730, "0.2": 0.527, "0.3": 0.109},
+                  "bim": {"0.1": 0.620, "0.2": 0.065, "0.3": 0.0},
+                  "cw": {"0.1": 0.711, "0.2": 0.170, "0.3": 0.021}},
+    "input_gradient": {"clean": 0.992, "fgsm": {"0.1": 0.916, "0.2": 0.604, "0.3": 0.183},
+                       "bim": {"0.1": 0.879, "0.2": 0.199, "0.3": 0.0},
+                       "cw": {"0.1": 0.881, "0.2": 0.200, "0.3": 0.0}},
+    "decision_jacobian": {"clean": 0.984, "fgsm": {"0.1": 0.916, "0.2": 0.703, "0.3": 0.416},
+                          "bim": {"0.1": 0.881, "0.2": 0.649, "0.3": 0.267},
+                          "cw": {"0.1": 0.892, "0.2": 0.726, "0.3": 0.376}},
+}
+
+EPS = ("0.1", "0.2", "0.3")
+ATTACKS = ("fgsm", "bim", "cw")
+
+
+def _recipes(c: float) -> dict[str, O.Objective]:
+    return {"natural": O.Objective([O.CrossEntropy()]),
+            "decision_jacobian": O.CrossEntropy() + O.DecisionJacobian(c=c, norm="l2")}
+
+
+def quickstart(out_dir: str | Path, *, n_train: int = 20000, n_test: int = 1000, epochs: int = 3,
+               width: float = 0.5, c: float = 0.638, batch_size: int = 128, seed: int = 0,
+               verbose: int = 2) -> dict:
+    """Runs the quickstart and returns the report (also written to ``out_dir``).
+
+    Args:
+        out_dir: where models, ``report.json`` and ``quickstart.png`` go.
+        n_train: training examples (first N of MNIST train).
+        n_test: test examples evaluated (first N of MNIST test).
+        epochs: epochs per model.
+        width: width multiplier of the paper's CNN (1.0 = full size).
+        c: Jacobian penalty coefficient on the L2 norm of ∇_x d.
+        batch_size: training batch size.
+        seed: random seed.
+        verbose: Keras progress output.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    x_train, y_train = data.load("mnist", "train", n_train)
+    x_test, y_test = data.load("mnist", "test", n_test)
+    report = {"dataset": "mnist", "n_train": n_train, "n_test": n_test, "epochs": epochs,
+              "model": f"mnist_cnn(width={width})", "seed": seed, "models": {},
+              "paper": {k: PAPER_TABLE1[k] for k in ("natural", "decision_jacobian")}}
+    for name, objective in _recipes(c).items():
+        keras.utils.set_random_seed(seed)
+        print(f"[quickstart] training {name}: {objective!r}", file=sys.stderr)
+        model = models.RobustModel(models.mnist_cnn(width=width), objective)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        t0 = time.time()
+        hist = model.fit(data.make_dataset(x_train, y_train, batch_size, shuffle=True, seed=seed),
+                         epochs=epochs, verbose=verbose, shuffle=False).history
+        train_seconds = time.time() - t0
+        model.save(out / f"{name}.keras")
+        print(f"[quickstart] evaluating {name}", file=sys.stderr)
+        result = evaluation.evaluate_model(
+            model, x_test, y_test, attacks=ATTACKS, eps=",".join(EPS), steps=10, step_size=0.1,
+            meta={"model": str(out / f"{name}.keras"), "dataset": "mnist", "split": "test"})
+        result["train_seconds"] = round(train_seconds, 1)
+        result["history"] = {k: [round(float(v), 4) for v in vals] for k, vals in hist.items()}
+        report["models"][name] = result
+    report["seconds"] = round(time.time() - start, 1)
+    training.atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    plot_report(report, out / "quickstart.png")
+    return report
+
+
+def format_comparison(report: dict) -> str:
+    """Our table beside the paper's Table 1 (accuracy %)."""
+    cols = [(a, e) for a in ATTACKS for e in EPS]
+    head = f"{'model':<28}{'clean':>7}" + "".join(f"{a.upper() + ' ' + e:>10}" for a, e in cols)
+    lines = [head, "-" * len(head)]
+    for name, result in report["models"].items():
+        paper = report["paper"][name]
+        lines.append(f"{name + ' (paper)':<28}{100 * paper['clean']:>7.1f}"
+                     + "".join(f"{100 * paper[a][e]:>10.1f}" for a, e in cols))
+        lines.append(f"{name + ' (ours)':<28}{100 * result['clean_accuracy']:>7.1f}"
+                     + "".join(f"{100 * result['attacks'][a][e]:>10.1f}" for a, e in cols))
+        lines.append(f"{'  worst case (ours)':<28}{'':>7}"
+                     + "".join(f"{100 * result['worst_case'][e]:>10.1f}" if a == ATTACKS[0] else f"{'':>10}"
+                               for a, e in cols))
+        lines.append(f"{'  sanity checks':<28} "
+                     + ("passed" if result["sanity"]["passed"] else "FAILED: " + ", ".join(
+                         c["name"] for c in result["sanity"]["checks"] if not c["passed"])))
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str | Path) -> None:
+    """Accuracy against eps per attack: ours (solid) and the paper's (dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.4), sharey=True)
+    colors = {"natural": "tab:blue", "decision_jacobian": "tab:red"}
+    eps = [0.0] + [float(e) for e in EPS]
+    for ax, attack in zip(axes, ATTACKS):
+        for name, result in report["models"].items():
+            ours = [result["clean_accuracy"]] + [result["attacks"][attack][e] for e in EPS]
+            paper = report["paper"][name]
+            theirs = [paper["clean"]] + [paper[attack][e] for e in EPS]
+            ax.plot(eps, ours, "-o", color=colors.get(name), label=f"{name} (ours)")
+            ax.plot(eps, theirs, "--", color=colors.get(name), alpha=0.6, label=f"{name} (paper)")
+        ax.set_title(attack.upper())
+        ax.set_xlabel("eps (L∞, pixels in [0,1])")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"MNIST, {report['model']}, {report['epochs']} epochs on {report['n_train']} images, "
+                 f"{report['n_test']} test images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tfrobust quickstart``."""
+    parser.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
+    parser.add_argument("--n-train", type=int, default=20000, help="training images (default 20000)")
+    parser.add_argument("--n-test", type=int, default=1000, help="test images evaluated (default 1000)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per model (default 3)")
+    parser.add_argument("--width", type=float, default=0.5, help="CNN width multiplier (default 0.5)")
+    parser.add_argument("--c", type=float, default=0.638, help="Jacobian penalty coefficient")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``tfrobust quickstart``."""
+    for flag in ("n_train", "n_test", "epochs"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
+    if not args.width > 0:
+        raise ValueError(f"--width={args.width} must be > 0")
+    if not args.c >= 0:
+        raise ValueError(f"--c={args.c} must be >= 0")
+    report = quickstart(args.out, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
+                        width=args.width, c=args.c, verbose=1 if sys.stderr.isatty() else 2)
+    print(format_comparison(report))
+    print(f"\nwrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'quickstart.png'} "
+          f"in {report['seconds']:.0f} s")
+    return 0

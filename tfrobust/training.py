@@ -1,0 +1,341 @@
+"""Training recipes (YAML configs) and the ``tfrobust train`` verb.
+
+A recipe names a dataset, a classifier from the zoo, an objective (a list of
+terms) and the optimiser settings::
+
+    name: mnist_jacobian
+    dataset: mnist
+    model: {name: mnist_cnn}
+    objective:
+      - {type: cross_entropy}
+      - {type: decision_jacobian, c: 500, norm: l2}
+    train: {epochs: 10, batch_size: 128, optimizer: adam, learning_rate: 0.001}
+
+``tfrobust train`` writes ``model.keras``, ``history.json``, ``tensorboard/``
+and ``checkpoints/``. Checkpoints are full ``.keras`` files written to a
+temporary name and renamed at every epoch end, so a killed run loses at most
+the current epoch and never leaves a corrupt checkpoint; rerunning the same
+command resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+import yaml
+
+from tfrobust import data, models
+from tfrobust import objectives as objectives_module
+
+__all__ = [
+    "HELP",
+    "add_arguments",
+    "run",
+    "load_config",
+    "build_objective",
+    "build_strategy",
+    "train",
+    "config_dirs",
+    "atomic_write_text",
+    "CheckpointAndHistory",
+]
+
+HELP = "train one recipe from training/configs/ (resumes after a crash)"
+
+_DEFAULT_TRAIN = {
+    "epochs": 10,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": None,
+    "n_train": None,
+    "validation_n": 1000,
+    "seed": 0,
+}
+_STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def config_dirs() -> list[Path]:
+    """Where recipe names are looked up: ``./training/configs`` and the repo's own."""
+    here = Path(__file__).resolve().parents[1] / "training" / "configs"
+    return [Path.cwd() / "training" / "configs", here]
+
+
+def load_config(path_or_name: str | os.PathLike) -> dict[str, Any]:
+    """Reads and validates a recipe; a bare name is looked up in :func:`config_dirs`.
+
+    Raises:
+        FileNotFoundError: naming the recipe and where it was looked for.
+        ValueError: naming a bad field.
+    """
+    path = Path(path_or_name)
+    if not path.exists():
+        for folder in config_dirs():
+            for candidate in (folder / path, folder / f"{path}.yaml"):
+                if candidate.exists():
+                    path = candidate
+                    break
+            if path.exists():
+                break
+    if not path.exists():
+        raise FileNotFoundError(f"config {str(path_or_name)!r} not found (looked in "
+                                f"{', '.join(str(d) for d in config_dirs())})")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config {str(path)!r} must be a mapping")
+    config.setdefault("name", path.stem)
+    for key in ("dataset", "model", "objective"):
+        if key not in config:
+            raise ValueError(f"config {str(path)!r} lacks the field {key!r}")
+    config["train"] = {**_DEFAULT_TRAIN, **(config.get("train") or {})}
+    unknown = set(config["train"]) - set(_DEFAULT_TRAIN)
+    if unknown:
+        raise ValueError(f"config {str(path)!r}: unknown train settings {sorted(unknown)}")
+    if config["dataset"] not in data.DATASETS:
+        raise ValueError(f"config {str(path)!r}: dataset {config['dataset']!r} is unknown; "
+                         f"choose one of {data.DATASETS}")
+    build_objective(config["objective"])  # fail early on a bad objective
+    return config
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _term_types() -> dict[str, type]:
+    table = {}
+    for name in objectives_module.__all__:
+        obj = getattr(objectives_module, name)
+        if isinstance(obj, type) and issubclass(obj, objectives_module.Term) \
+                and obj is not objectives_module.Term:
+            table[_snake(name)] = obj
+    return table
+
+
+def build_objective(spec: list[dict]) -> objectives_module.Objective:
+    """Builds an objective from a recipe's list of ``{type: ..., **kwargs}``.
+
+    Raises:
+        ValueError: naming an unknown term type or a bad argument.
+    """
+    if isinstance(spec, dict):
+        spec = [spec]
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(f"objective must be a non-empty list of terms, got {spec!r}")
+    types = _term_types()
+    terms = []
+    for item in spec:
+        item = dict(item)
+        kind = item.pop("type", None)
+        if kind not in types:
+            raise ValueError(f"objective term type {kind!r} is unknown; choose one of {sorted(types)}")
+        try:
+            terms.append(types[kind](**item))
+        except TypeError as err:
+            raise ValueError(f"objective term {kind!r}: {err}") from None
+    return objectives_module.Objective(terms)
+
+
+def build_strategy(name: str) -> tf.distribute.Strategy:
+    """``none`` (default strategy), ``mirrored`` (all local GPUs, else all logical CPUs) or
+    ``multiworker`` (``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``)."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy {name!r} is unknown; choose one of {_STRATEGIES}")
+
+
+def _optimizer(settings: dict) -> keras.optimizers.Optimizer:
+    name = str(settings["optimizer"]).lower()
+    lr = float(settings["learning_rate"])
+    wd = settings.get("weight_decay")
+    if name == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=float(settings["momentum"]), weight_decay=wd)
+    raise ValueError(f"optimizer {name!r} is unknown; choose 'adam' or 'sgd'")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_model(model: keras.Model, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _is_chief() -> bool:
+    cfg = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = cfg.get("task", {})
+    return task.get("type", "chief") == "chief" or (
+        task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cfg.get("cluster", {}))
+
+
+class CheckpointAndHistory(keras.callbacks.Callback):
+    """Saves a full checkpoint and the history at every epoch end, atomically.
+
+    ``checkpoints/last.keras`` holds the model with its optimiser state;
+    ``checkpoints/state.json`` the number of finished epochs and the history
+    so far. Only the chief writes under multi-worker training.
+    """
+
+    def __init__(self, out_dir: Path, history: dict[str, list], write: bool = True):
+        super().__init__()
+        self.out_dir = Path(out_dir)
+        self.history = history
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, [])
+            del self.history[key][epoch:]
+            self.history[key].append(float(value))
+        if not self.write:
+            return
+        _atomic_save_model(self.model, self.out_dir / "checkpoints" / "last.keras")
+        state = {"epochs_done": epoch + 1, "history": self.history}
+        atomic_write_text(self.out_dir / "checkpoints" / "state.json", json.dumps(state))
+        atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
+
+
+def _load_split(config: dict, split: str, n: int | None):
+    return data.load(config["dataset"], split, n, **(config.get("dataset_args") or {}))
+
+
+def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None = None,
+          strategy: str = "none", verbose: int | str = "auto") -> keras.Model:
+    """Trains one recipe, resuming from ``out_dir/checkpoints`` when present.
+
+    Args:
+        config: a recipe dict or its path/name.
+        out_dir: output folder.
+        epochs: overrides the recipe's epoch count.
+        strategy: ``none``, ``mirrored`` or ``multiworker``.
+        verbose: Keras' ``fit`` verbosity (progress bar).
+
+    Returns:
+        The trained :class:`~tfrobust.models.RobustModel`.
+    """
+    if not isinstance(config, dict):
+        config = load_config(config)
+    config = copy.deepcopy(config)
+    settings = config["train"]
+    if epochs is not None:
+        if int(epochs) < 1:
+            raise ValueError(f"epochs={epochs!r} must be >= 1")
+        settings["epochs"] = int(epochs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chief = _is_chief()
+    keras.utils.set_random_seed(int(settings["seed"]))
+
+    x_train, y_train = _load_split(config, "train", None)
+    n_val = int(settings["validation_n"] or 0)
+    n_train = settings["n_train"]
+    if n_val >= len(x_train):
+        raise ValueError(f"validation_n={n_val} must be smaller than the training split ({len(x_train)})")
+    x_val, y_val = x_train[len(x_train) - n_val:], y_train[len(y_train) - n_val:]
+    x_train, y_train = x_train[:len(x_train) - n_val], y_train[:len(y_train) - n_val]
+    if n_train:
+        x_train, y_train = x_train[:int(n_train)], y_train[:int(n_train)]
+
+    dist = build_strategy(strategy)
+    ckpt = out / "checkpoints" / "last.keras"
+    state_path = out / "checkpoints" / "state.json"
+    history: dict[str, list] = {}
+    initial_epoch = 0
+    with dist.scope():
+        if ckpt.exists() and state_path.exists():
+            state = json.loads(state_path.read_text())
+            model = keras.models.load_model(ckpt)
+            initial_epoch = int(state["epochs_done"])
+            history = state["history"]
+            print(f"resuming {config['name']} from epoch {initial_epoch} ({ckpt})", file=sys.stderr)
+        else:
+            spec = dict(config["model"])
+            num_classes = ((config.get("dataset_args") or {}).get("num_classes")
+                           or data.dataset_info(config["dataset"])["num_classes"])
+            classifier = models.build_classifier(spec.pop("name"), x_train.shape[1:],
+                                                 int(num_classes), **spec)
+            model = models.RobustModel(classifier, build_objective(config["objective"]),
+                                       clip=tuple(config.get("clip", (0.0, 1.0))))
+            model.compile(optimizer=_optimizer(settings), metrics=["accuracy"])
+
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    batch = int(settings["batch_size"])
+    train_ds = data.make_dataset(x_train, y_train, batch, shuffle=True, seed=int(settings["seed"]))
+    val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
+    tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
+    callbacks = [
+        CheckpointAndHistory(out, history, write=chief),
+        keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if initial_epoch < settings["epochs"]:
+        model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+    if chief:
+        _atomic_save_model(model, out / "model.keras")
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1))
+    return model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tfrobust train`` (DESIGN §4)."""
+    parser.add_argument("--config", required=True,
+                        help="recipe path, or a name from training/configs/ (e.g. mnist_jacobian)")
+    parser.add_argument("--out", required=True, help="output folder (resumes if it holds checkpoints)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--strategy", choices=_STRATEGIES, default="none",
+                        help="distribution strategy (default: none)")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="train on the first N examples only (quick runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``tfrobust train``."""
+    config = load_config(args.config)
+    if args.n_train is not None:
+        if args.n_train < 1:
+            raise ValueError(f"--n-train={args.n_train} must be >= 1")
+        config["train"]["n_train"] = args.n_train
+    start = time.time()
+    model = train(config, args.out, epochs=args.epochs, strategy=args.strategy,
+                  verbose=1 if sys.stderr.isatty() else 2)
+    print(f"trained {config['name']} in {time.time() - start:.0f} s -> {Path(args.out) / 'model.keras'}")
+    del model
+    return 0
