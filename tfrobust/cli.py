@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.verb].run(args) or 0)
     except (CliError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("TFROBUST_DEBUG"):
+            raise
         print(f"tfrobust {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -202,7 +202,7 @@ def evaluate_model(
     attacks: Sequence[str] = ("fgsm", "bim", "cw"),
     eps: Sequence[tuple[str, float]] | str = "0.1,0.2,0.3",
     steps: int = 10,
-    step_size: float | None = None,
+    step_size: float | dict[str, float | None] | None = None,
     norm: str = "linf",
     clip: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 250,
@@ -219,7 +219,8 @@ def evaluate_model(
         attacks: names from :data:`EVAL_ATTACKS`.
         eps: ``[(text, value), ...]`` or a comma-separated string.
         steps: iterations of the iterative attacks.
-        step_size: their step; ``None`` means ``2.5 * eps / steps``.
+        step_size: their step; ``None`` means ``2.5 * eps / steps``; a dict gives
+            one per attack name (missing names get ``None``).
         norm: threat norm.
         clip: valid input range.
         batch_size: examples per attack batch.
@@ -253,12 +254,14 @@ def evaluate_model(
               "settings": {}}
     robust_all = {key: clean_correct.copy() for key, _ in eps_list}
     total = len(attacks) * len(eps_list) * n + (min(n, 500) if sanity else 0)
-    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     for name in attacks:
         table = {}
+        step = step_size.get(name) if isinstance(step_size, dict) else step_size
         for key, value in eps_list:
             cfg = AttackConfig(name=name, eps=value, steps=1 if name == "fgsm" else steps,
-                               step_size=step_size, norm=norm)
+                               step_size=step, norm=norm)
             bar.set_postfix_str(f"{name} eps={key}")
             correct = _correct_under(clf, cfg, x, y, batch_size, clip, bar) & clean_correct
             table[key] = float(correct.mean())
@@ -266,8 +269,8 @@ def evaluate_model(
         result["attacks"][name] = table
         settings = {"norm": norm, "eps_scale": f"[{clip[0]:g},{clip[1]:g}]"}
         if name != "fgsm":
-            settings.update(steps=int(steps), step_size="2.5*eps/steps" if step_size is None
-                            else float(step_size), random_start=name == "pgd",
+            settings.update(steps=int(steps), step_size="2.5*eps/steps" if step is None
+                            else float(step), random_start=name == "pgd",
                             loss="cw" if name == "cw" else "ce")
         result["settings"][name] = settings
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}

@@ -70,6 +70,22 @@ class RobustModel(keras.Model):
 
     # -- Keras integration ---------------------------------------------------
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 builds metrics from a batch reduced with strategy.reduce("MEAN"), which
+        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Build from this
+        # worker's first local batch instead; shapes are all that matter here.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            local = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
     def _loss_metric(self) -> keras.metrics.Metric:
         # The "loss" tracker that Keras' compile() creates (compile with no loss:
         # the objective is the loss).
@@ -98,7 +114,12 @@ class RobustModel(keras.Model):
         logits = ctx.cached_logits(CLEAN)
         if logits is None:
             logits = self.classifier(ctx.x, training=False)
-        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces multi-worker logs with reduce("MEAN", axis=0), which needs a
+            # batch axis (keras-team/keras#20585): give each scalar one.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     def train_step(self, data):
         ctx, x, y, sample_weight = self._step(data, training=True)

@@ -43,12 +43,14 @@ __all__ = [
     "add_arguments",
     "run",
     "load_config",
+    "validate_config",
     "build_objective",
     "build_strategy",
     "train",
     "config_dirs",
     "atomic_write_text",
     "CheckpointAndHistory",
+    "epoch_batches",
 ]
 
 HELP = "train one recipe from training/configs/ (resumes after a crash)"
@@ -96,18 +98,30 @@ def load_config(path_or_name: str | os.PathLike) -> dict[str, Any]:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from None
+    if isinstance(config, dict):
+        config.setdefault("name", path.stem)
+    return validate_config(config, where=str(path))
+
+
+def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
+    """Fills in defaults and checks a recipe dict; returns a new dict.
+
+    Raises:
+        ValueError: naming the bad field.
+    """
     if not isinstance(config, dict):
-        raise ValueError(f"config {str(path)!r} must be a mapping")
-    config.setdefault("name", path.stem)
+        raise ValueError(f"config {where!r} must be a mapping")
+    config = copy.deepcopy(config)
+    config.setdefault("name", "recipe")
     for key in ("dataset", "model", "objective"):
         if key not in config:
-            raise ValueError(f"config {str(path)!r} lacks the field {key!r}")
+            raise ValueError(f"config {where!r} lacks the field {key!r}")
     config["train"] = {**_DEFAULT_TRAIN, **(config.get("train") or {})}
     unknown = set(config["train"]) - set(_DEFAULT_TRAIN)
     if unknown:
-        raise ValueError(f"config {str(path)!r}: unknown train settings {sorted(unknown)}")
+        raise ValueError(f"config {where!r}: unknown train settings {sorted(unknown)}")
     if config["dataset"] not in data.DATASETS:
-        raise ValueError(f"config {str(path)!r}: dataset {config['dataset']!r} is unknown; "
+        raise ValueError(f"config {where!r}: dataset {config['dataset']!r} is unknown; "
                          f"choose one of {data.DATASETS}")
     build_objective(config["objective"])  # fail early on a bad objective
     return config
@@ -232,6 +246,28 @@ class CheckpointAndHistory(keras.callbacks.Callback):
         atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
 
 
+def epoch_batches(x, y, batch_size: int, *, seed: int, first_epoch: int, epochs: int) -> tf.data.Dataset:
+    """Batches for epochs ``first_epoch .. epochs-1``, each a fresh permutation.
+
+    The permutation of epoch ``e`` is a stateless function of ``(seed, e)``, so
+    it is the same on one device, under any distribution strategy, and after a
+    resume (``tf.data``'s seeded ``shuffle`` is not: its order changes when a
+    strategy rewrites the pipeline). Batches never cross an epoch boundary.
+    """
+    n = len(x)
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def _load_split(config: dict, split: str, n: int | None):
     return data.load(config["dataset"], split, n, **(config.get("dataset_args") or {}))
 
@@ -250,9 +286,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     Returns:
         The trained :class:`~tfrobust.models.RobustModel`.
     """
-    if not isinstance(config, dict):
-        config = load_config(config)
-    config = copy.deepcopy(config)
+    config = validate_config(config) if isinstance(config, dict) else load_config(config)
     settings = config["train"]
     if epochs is not None:
         if int(epochs) < 1:
@@ -287,6 +321,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             print(f"resuming {config['name']} from epoch {initial_epoch} ({ckpt})", file=sys.stderr)
         else:
             spec = dict(config["model"])
+            keras.utils.set_random_seed(int(settings["seed"]))  # same initial weights under any strategy
             num_classes = ((config.get("dataset_args") or {}).get("num_classes")
                            or data.dataset_info(config["dataset"])["num_classes"])
             classifier = models.build_classifier(spec.pop("name"), x_train.shape[1:],
@@ -297,7 +332,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     batch = int(settings["batch_size"])
-    train_ds = data.make_dataset(x_train, y_train, batch, shuffle=True, seed=int(settings["seed"]))
+    train_ds = epoch_batches(x_train, y_train, batch, seed=int(settings["seed"]),
+                             first_epoch=initial_epoch, epochs=int(settings["epochs"]))
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
     callbacks = [
@@ -307,6 +343,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     ]
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
+                  steps_per_epoch=-(-len(x_train) // batch),
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if chief:
         _atomic_save_model(model, out / "model.keras")
@@ -336,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     model = train(config, args.out, epochs=args.epochs, strategy=args.strategy,
                   verbose=1 if sys.stderr.isatty() else 2)
-    print(f"trained {config['name']} in {time.time() - start:.0f} s -> {Path(args.out) / 'model.keras'}")
+    where = Path(args.out) / "model.keras" if _is_chief() else "(the chief writes the model)"
+    print(f"trained {config['name']} in {time.time() - start:.0f} s -> {where}")
     del model
     return 0
