@@ -35,6 +35,22 @@ OBJECTIVES = {
     "cw_at": lambda: O.AdversarialTraining(AttackConfig(name="cw", eps=0.1, steps=2, step_size=0.05)),
     "fast_at": lambda: O.FastAdversarialTraining(eps=0.1),
     "jacobian_at": lambda: O.AdversarialTraining(PGD, mix=0.5) + O.DecisionJacobian(c=0.5, at=PGD),
+    # Finite differences divide by h, amplifying float32 rounding that differs between one and two
+    # devices; h=0.1 keeps that amplification below the test's tolerance.
+    "jacobian_fd": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5, method="finite_difference", h=0.1),
+    "input_gradient_fd": lambda: O.CrossEntropy() + O.InputGradient(c=0.5, method="finite_difference", h=0.1),
+    "emr": lambda: O.CrossEntropy() + O.EffectiveMargin(lam=0.5, temperature=2.0),
+    "emr_fd": lambda: O.CrossEntropy() + O.EffectiveMargin(lam=0.5, temperature=2.0,
+                                                           method="finite_difference", h=0.1),
+    "at_emr": lambda: O.AdversarialTraining(PGD) + O.EffectiveMargin(lam=0.5, temperature=40.0, at=PGD),
+    # KLAttack's Gaussian start is drawn through norms.random_start, so the patch below fixes it too.
+    "trades": lambda: O.Trades(beta=6.0, attack=O.KLAttack(eps=0.1, steps=2, step_size=0.05)),
+    "trades_emr": lambda: (O.Trades(beta=6.0, attack=O.KLAttack(eps=0.1, steps=2, step_size=0.05))
+                           + O.EffectiveMargin(lam=0.5, temperature=1.0,
+                                               at=O.KLAttack(eps=0.1, steps=2, step_size=0.05))),
+    "mart": lambda: O.Mart(beta=6.0, attack=PGD),
+    "mart_emr": lambda: O.Mart(beta=6.0, attack=PGD) + O.EffectiveMargin(lam=0.5, at=PGD),
+    "jacobian_emr": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5) + O.EffectiveMargin(lam=0.5),
 }
 
 

@@ -124,10 +124,10 @@ def plot_report(report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(ATTACKS) + 1, figsize=(4 * (len(ATTACKS) + 1), 3.4), sharey=True)
     colors = {"natural": "tab:blue", "decision_jacobian": "tab:red"}
     eps = [0.0] + [float(e) for e in EPS]
-    for ax, attack in zip(axes, ATTACKS):
+    for ax, attack in zip(axes[:-1], ATTACKS):
         for name, result in report["models"].items():
             ours = [result["clean_accuracy"]] + [result["attacks"][attack][e] for e in EPS]
             paper = report["paper"][name]
@@ -138,8 +138,15 @@ def plot_report(report: dict, path: str | Path) -> None:
         ax.set_xlabel("eps (L∞, pixels in [0,1])")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    ax = axes[-1]
+    for name, result in report["models"].items():
+        worst = [result["clean_accuracy"]] + [result["worst_case"][e] for e in EPS]
+        ax.plot(eps, worst, "-s", color=colors.get(name), label=f"{name} (ours)")
+    ax.set_title("worst case over FGSM, BIM, C&W, PGD")
+    ax.set_xlabel("eps (L∞, pixels in [0,1])")
+    ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
-    axes[-1].legend(fontsize=7, loc="upper right")
+    axes[-2].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"MNIST, {report['model']}, {report['epochs']} epochs on {report['n_train']} images, "
                  f"{report['n_test']} test images")
     fig.tight_layout()

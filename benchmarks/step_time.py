@@ -1,0 +1,177 @@
+"""Median training-step time of each objective on the MNIST CNN, in one run.
+
+Every method trains its own copy of ``tfrobust.models.mnist_cnn()`` (same
+initial weights) on one fixed synthetic batch through Keras' compiled train
+function (``model.train_on_batch``; its numpy logs force the step to finish
+before the clock stops). After warm-up (tracing and one step) the methods are
+timed round-robin, one step each per round with the order rotated every round,
+so that load from other processes on a shared machine falls on all of them
+alike. Reported: the median step time per method, the ratio of medians to
+natural training, and the median of per-round ratios (robust to slow drifts in
+load).
+
+Usage::
+
+    python benchmarks/step_time.py [--repeats 20] [--warmup 2] [--batch 128] [--threads N] \
+        [--out benchmarks/results/step_time.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfrobust import models  # noqa: E402
+from tfrobust import objectives as O  # noqa: E402
+from tfrobust.attacks import AttackConfig  # noqa: E402
+
+EPS = 0.3
+PGD10 = AttackConfig(name="pgd", eps=EPS, steps=10, step_size=2.5 * EPS / 10, random_start=True)
+KL10 = O.KLAttack(eps=EPS, steps=10, step_size=2.5 * EPS / 10)
+
+METHODS = {
+    "natural": lambda: O.CrossEntropy(),
+    "jacobian_double_backprop": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.638, norm="l2"),
+    "jacobian_finite_difference": lambda: O.CrossEntropy() + O.DecisionJacobian(
+        c=0.638, norm="l2", method="finite_difference", h=0.01),
+    "input_gradient": lambda: O.CrossEntropy() + O.InputGradient(c=10.0),
+    "emr_clean": lambda: O.CrossEntropy() + O.EffectiveMargin(lam=3 / 128, temperature=40.0),
+    # The same penalty sharing the loss's forward pass (training=None): identical values for a
+    # model without dropout or batch norm such as this one, one forward pass fewer.
+    "emr_clean_shared_forward": lambda: O.CrossEntropy() + O.EffectiveMargin(
+        lam=3 / 128, temperature=40.0, training=None),
+    "pgd_at_10": lambda: O.AdversarialTraining(PGD10),
+    "trades_10": lambda: O.Trades(beta=6.0, attack=KL10),
+    "mart_10": lambda: O.Mart(beta=6.0, attack=PGD10),
+}
+"""Method name -> objective. Attacks: 10 steps, eps 0.3, step 0.075 (L∞)."""
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    dev = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+    return f"{cpu}, {os.cpu_count()} logical CPU cores visible, {dev}"
+
+
+def build(objective_fn, init):
+    model = models.RobustModel(models.mnist_cnn(), objective_fn())
+    model.classifier.set_weights(init)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    return model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads (0: TensorFlow's default)")
+    parser.add_argument("--out", default="benchmarks/results/step_time.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    if "natural" not in args.methods:
+        parser.error("--methods must include natural (the ratios' reference)")
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(args.batch, 28, 28, 1)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, args.batch).astype("int32"))
+    init = models.mnist_cnn().get_weights()
+
+    trained = {}
+    for name in args.methods:
+        t = time.perf_counter()
+        trained[name] = build(METHODS[name], init)
+        for _ in range(args.warmup):
+            trained[name].train_on_batch(x, y)
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+
+    samples = {name: [] for name in args.methods}
+    order = list(args.methods)
+    for r in range(args.repeats):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            t = time.perf_counter()
+            trained[name].train_on_batch(x, y)
+            samples[name].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
+
+    median = {n: statistics.median(s) for n, s in samples.items()}
+    ratio = {n: median[n] / median["natural"] for n in args.methods}
+    paired = {n: statistics.median(a / b for a, b in zip(samples[n], samples["natural"]))
+              for n in args.methods}
+    command = "python benchmarks/step_time.py " + " ".join(
+        [f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--batch {args.batch}"]
+        + ([f"--threads {args.threads}"] if args.threads else [])
+        + ([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
+        + [f"--out {args.out}"])
+    result = {
+        "hardware": hardware(),
+        "model": "tfrobust.models.mnist_cnn() (conv5x5-32, pool, conv5x5-64, pool, dense 1024, dense 10), "
+                 "synthetic 28x28x1 uniform inputs",
+        "batch": args.batch,
+        "command": command,
+        "median_seconds": {n: round(v, 5) for n, v in median.items()},
+        "ratio_to_natural": {n: round(v, 3) for n, v in ratio.items()},
+        "median_per_round_ratio_to_natural": {n: round(v, 3) for n, v in paired.items()},
+        "quartiles_seconds": {n: [round(q, 5) for q in statistics.quantiles(s, n=4)]
+                              for n, s in samples.items()},
+        "min_seconds": {n: round(min(s), 5) for n, s in samples.items()},
+        "ratio_of_minimums_to_natural": {n: round(min(s) / min(samples["natural"]), 3)
+                                         for n, s in samples.items()},
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "settings": {"attacks": "10 steps, eps 0.3, step 0.075, linf; PGD/MART random start, "
+                                "TRADES 0.001*N(0,1) start",
+                     "jacobian": "c=0.638, l2, h=0.01 for finite differences",
+                     "input_gradient": "c=10, l2_squared",
+                     "emr": "lam=3/128, T=40, at clean, inference-mode forward "
+                            "(emr_clean_shared_forward: the step's forward, training=None)",
+                     "optimizer": "SGD 0.01", "jit_compile": bool(trained["natural"].jit_compile),
+                     "intra_op_threads": args.threads or "tensorflow default"},
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": platform.python_version()},
+        "caveat": "CPU shared with other processes during the run (load not controlled): methods were "
+                  "interleaved round-robin with rotating order so contention hits them alike, but "
+                  "absolute times and, less so, ratios are noisy; see quartiles.",
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    width = max(map(len, args.methods))
+    print(f"{'method':<{width}}  median s  ratio  per-round ratio  min s  ratio of mins")
+    for n in args.methods:
+        mins = min(samples[n]) / min(samples["natural"])
+        print(f"{n:<{width}}  {median[n]:8.4f}  {ratio[n]:5.2f}  {paired[n]:15.2f}  "
+              f"{min(samples[n]):5.3f}  {mins:13.2f}")
+    print(f"reproduce: {command}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

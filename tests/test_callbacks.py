@@ -1,0 +1,114 @@
+"""RobustnessMonitor: event files read back and checked against independent computations."""
+
+import glob
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust import attacks, losses, models
+from tfrobust import objectives as O
+from tfrobust.attacks import AttackConfig
+from tfrobust.callbacks import RobustnessMonitor
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, 6, 6, 1)).astype("float32")
+    w = rng.normal(size=(36, 3)).astype("float32")
+    return x, (x.reshape(n, -1) @ w).argmax(-1)
+
+
+def read_events(log_dir):
+    """{tag: {step: value}} from every event file under log_dir, via TensorFlow's own reader."""
+    out = {}
+    for path in glob.glob(f"{log_dir}/**/events.out.tfevents.*", recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return out
+
+
+ATTACKS = {
+    "none": AttackConfig(name="fgsm", eps=0.0),
+    "fgsm": AttackConfig(name="fgsm", eps=0.1),
+    "bim": AttackConfig(name="bim", eps=0.1, steps=3),
+}
+
+
+def test_monitor_logs_values_that_match_independent_computations(tmp_path):
+    x, y = data(96)
+    x_val, y_val = data(50, seed=1)
+    classifier = models.linear_classifier((6, 6, 1), 3)
+    model = models.RobustModel(classifier, O.CrossEntropy() + O.DecisionJacobian(c=0.01))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), metrics=["accuracy"])
+    monitor = RobustnessMonitor(x_val, y_val, ATTACKS, log_dir=str(tmp_path), every_n_epochs=2,
+                                batch_size=16)
+    hist = model.fit(x, y, epochs=4, batch_size=32, validation_data=(x_val, y_val), verbose=0,
+                     callbacks=[monitor]).history
+    events = read_events(tmp_path)
+
+    # Logged at epochs 1 and 3 only (every 2 epochs, epoch index as step).
+    assert set(events["robustness/clean_accuracy"]) == {1, 3}
+    assert {"robustness/accuracy/none", "robustness/accuracy/fgsm", "robustness/accuracy/bim",
+            "robustness/margin", "robustness/margin_mean", "robustness/grad_norm",
+            "robustness/grad_norm_mean", "terms/loss", "terms/ce", "terms/jacobian_penalty",
+            "terms/val_ce", "terms/val_jacobian_penalty"} <= set(events)
+
+    # Final values against independent computations with the trained weights.
+    logits = classifier(x_val).numpy()
+    clean = np.mean(logits.argmax(-1) == y_val)
+    assert events["robustness/clean_accuracy"][3] == pytest.approx(clean, abs=1e-7)
+    assert events["robustness/accuracy/none"][3] == pytest.approx(clean, abs=1e-7)  # eps = 0
+    for name, attack in (("fgsm", attacks.fgsm), ("bim", attacks.bim)):
+        x_adv = attack(classifier, x_val, y_val, eps=0.1, **({"steps": 3} if name == "bim" else {}))
+        robust = np.mean(classifier(x_adv).numpy().argmax(-1) == y_val)
+        assert events[f"robustness/accuracy/{name}"][3] == pytest.approx(robust, abs=1e-7)
+    assert events["robustness/accuracy/bim"][3] < clean  # the attack does something
+
+    # Margins, and the gradient norm in closed form: ∇_x d = w_y - w_j for a linear model, L1 dual norm.
+    margin = losses.decision_margin(tf.constant(logits), y_val).numpy()
+    assert events["robustness/margin_mean"][3] == pytest.approx(margin.mean(), rel=1e-5)
+    w = classifier.layers[-1].kernel.numpy()
+    j = np.where(np.eye(3)[y_val] > 0, -np.inf, logits).argmax(-1)
+    grad_l1 = np.abs(w[:, y_val] - w[:, j]).sum(0)
+    assert events["robustness/grad_norm_mean"][3] == pytest.approx(grad_l1.mean(), rel=1e-5)
+    hist_counts = events["robustness/grad_norm"][3]  # [buckets, (left, right, count)]
+    assert hist_counts[:, 2].sum() == pytest.approx(len(y_val))
+    assert hist_counts[0, 0] == pytest.approx(grad_l1.min(), rel=1e-5)
+
+    # The terms are the epoch logs.
+    for key in ("loss", "ce", "jacobian_penalty", "val_ce"):
+        assert events[f"terms/{key}"][3] == pytest.approx(hist[key][3], rel=1e-6)
+    assert [h["epoch"] for h in monitor.history] == [1, 3]
+
+
+def test_evaluate_on_a_plain_keras_model_and_l2_norm(tmp_path):
+    x_val, y_val = data(20, seed=2)
+    classifier = models.linear_classifier((6, 6, 1), 3)
+    monitor = RobustnessMonitor(x_val, keras.utils.to_categorical(y_val, 3),
+                                {"pgd_l2": AttackConfig(name="pgd", eps=0.5, steps=5, norm="l2")},
+                                log_dir=str(tmp_path), batch_size=7)
+    res = monitor.evaluate(classifier)
+    assert monitor.norm == "l2"
+    logits = classifier(x_val).numpy()
+    j = np.where(np.eye(3)[y_val] > 0, -np.inf, logits).argmax(-1)
+    w = classifier.layers[-1].kernel.numpy()
+    np.testing.assert_allclose(res["grad_norm"], np.sqrt(((w[:, y_val] - w[:, j]) ** 2).sum(0)), rtol=1e-5)
+    assert res["clean_accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y_val))
+    assert 0 <= res["robust_accuracy"]["pgd_l2"] <= res["clean_accuracy"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"every_n_epochs": 0}, "every_n_epochs=0"),
+    ({"batch_size": -3}, "batch_size=-3"),
+    ({"norm": "l1"}, "'l1'"),
+    ({"attacks": {"x": 3}}, "attack 'x'=3"),
+    ({"attacks": {"x": {"eps": -1.0}}}, "eps=-1.0"),
+])
+def test_bad_monitor_arguments(tmp_path, kwargs, match):
+    x, y = data(4)
+    args = {"attacks": ATTACKS, "log_dir": str(tmp_path), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        RobustnessMonitor(x, y, **args)

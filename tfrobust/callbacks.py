@@ -1,0 +1,211 @@
+"""Keras callbacks: robustness monitoring in TensorBoard.
+
+:class:`RobustnessMonitor` evaluates a fixed validation subset every few
+epochs with one compiled ``tf.function`` per batch (attacks included) and
+writes ``tf.summary`` scalars and histograms that TensorBoard reads.
+
+Example::
+
+    monitor = RobustnessMonitor(x_val[:512], y_val[:512],
+                                {"fgsm_0.1": AttackConfig("fgsm", eps=0.1),
+                                 "pgd_0.1": AttackConfig("pgd", eps=0.1, steps=10)},
+                                log_dir="runs/mnist/tensorboard/robustness")
+    model.fit(x, y, epochs=10, callbacks=[monitor])
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrobust import losses, norms
+from tfrobust.attacks import AttackConfig
+
+__all__ = ["RobustnessMonitor"]
+
+
+def _as_attack(name: str, attack):
+    if isinstance(attack, dict):
+        if attack.get("name") == "kl_pgd":
+            from tfrobust.objectives import KLAttack
+            return KLAttack(**{k: v for k, v in attack.items() if k != "name"})
+        return AttackConfig(**attack)
+    if not callable(attack):
+        raise ValueError(f"attack {name!r}={attack!r} must be an AttackConfig or a dict of its fields")
+    return attack
+
+
+class RobustnessMonitor(keras.callbacks.Callback):
+    """Logs robustness statistics of a fixed validation subset to TensorBoard.
+
+    Every ``every_n_epochs`` epochs (at the end of epochs ``N-1, 2N-1, ...``,
+    with the epoch index as the summary step, like Keras' TensorBoard
+    callback) it writes, under ``log_dir``:
+
+    - ``robustness/clean_accuracy`` and ``robustness/accuracy/<name>``: the
+      accuracy on the attacked inputs for each attack in ``attacks``;
+    - ``robustness/margin`` (histogram) and ``robustness/margin_mean``: the
+      decision margin ``d = z_y - max_{i≠y} z_i`` at the clean inputs;
+    - ``robustness/grad_norm`` (histogram) and ``robustness/grad_norm_mean``:
+      the dual norm (for ``norm``) of ``∇_x d``;
+    - ``terms/<name>`` and ``terms/val_<name>``: the model's ``loss`` and, for
+      a :class:`~tfrobust.models.RobustModel`, each objective term, as found
+      in the epoch's logs.
+
+    The classifier runs in inference mode. Results are also kept in
+    :attr:`history` (one dict per evaluation).
+
+    Args:
+        x_val: validation inputs (the fixed subset; or see ``n``).
+        y_val: integer (or one-hot) labels.
+        attacks: name -> :class:`~tfrobust.attacks.AttackConfig` (or a dict of
+            its fields, or any object called as ``attack(model, x, y, clip=, training=)``).
+        log_dir: directory of the summary event files.
+        every_n_epochs: evaluation period in epochs.
+        batch_size: examples per compiled evaluation call.
+        norm: threat norm whose dual norm measures ``∇_x d`` (``"linf"``: L1,
+            ``"l2"``: L2); default the first attack's norm, else ``"linf"``.
+        clip: valid input range for the attacks.
+        n: use only the first ``n`` examples of ``x_val``.
+
+    Raises:
+        ValueError: naming a bad argument.
+    """
+
+    def __init__(self, x_val, y_val, attacks: Mapping[str, AttackConfig], log_dir: str, *,
+                 every_n_epochs: int = 1, batch_size: int = 256, norm: str | None = None,
+                 clip: tuple[float, float] | None = (0.0, 1.0), n: int | None = None):
+        super().__init__()
+        for arg, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{arg}={value!r} must be a positive integer")
+        if not isinstance(attacks, Mapping):
+            raise ValueError(f"attacks={attacks!r} must be a dict name -> AttackConfig")
+        self.attacks = {str(k): _as_attack(k, v) for k, v in attacks.items()}
+        if norm is None:
+            norm = next((getattr(a, "norm", None) for a in self.attacks.values()), None) or "linf"
+        self.norm = norms.validate_norm(norm)
+        x_val, y_val = np.asarray(x_val), np.asarray(y_val)
+        if y_val.ndim == 2 and y_val.shape[-1] > 1:
+            y_val = y_val.argmax(-1)
+        y_val = y_val.reshape(-1)
+        if len(x_val) != len(y_val) or len(x_val) == 0:
+            raise ValueError(f"x_val and y_val must be non-empty and of equal length, "
+                             f"got {len(x_val)} and {len(y_val)}")
+        if n is not None:
+            x_val, y_val = x_val[:n], y_val[:n]
+        if not np.issubdtype(x_val.dtype, np.floating):
+            x_val = x_val.astype("float32")
+        self.x_val = x_val
+        self.y_val = y_val.astype("int32")
+        self.log_dir = str(log_dir)
+        self.every_n_epochs = int(every_n_epochs)
+        self.batch_size = int(batch_size)
+        self.clip = clip
+        self.history: list[dict] = []
+        self._writer = None
+        self._fn = None
+        self._fn_owner = None
+
+    # -- evaluation ------------------------------------------------------------
+
+    def _classifier(self, model=None):
+        model = model if model is not None else self.model
+        if model is None:
+            raise ValueError("RobustnessMonitor has no model: pass one to evaluate() or use it in fit()")
+        return getattr(model, "classifier", model)
+
+    def _compiled(self, classifier):
+        if self._fn is not None and self._fn_owner is classifier:
+            return self._fn
+        attacks, norm, clip = list(self.attacks.values()), self.norm, self.clip
+        spec = [tf.TensorSpec([None, *self.x_val.shape[1:]], tf.as_dtype(self.x_val.dtype)),
+                tf.TensorSpec([None], tf.int32)]
+
+        @tf.function(input_signature=spec)
+        def batch_stats(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = classifier(x, training=False)
+                margin = losses.decision_margin(logits, y)
+                total = tf.reduce_sum(margin)
+            grad_norm = norms.dual_norm(tape.gradient(total, x), norm)
+            correct = [tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y)]
+            for attack in attacks:
+                x_adv = attack(classifier, x, y, clip=clip, training=False)
+                adv_logits = classifier(x_adv, training=False)
+                correct.append(tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y))
+            return tf.stack(correct, axis=0), margin, grad_norm
+
+        self._fn, self._fn_owner = batch_stats, classifier
+        return batch_stats
+
+    def evaluate(self, model=None) -> dict:
+        """Runs the evaluation now and returns its results (nothing is written).
+
+        Returns:
+            ``{"clean_accuracy": float, "robust_accuracy": {name: float},
+            "margin": ndarray, "grad_norm": ndarray}`` (arrays per example).
+        """
+        fn = self._compiled(self._classifier(model))
+        correct, margins, grad_norms = [], [], []
+        for start in range(0, len(self.x_val), self.batch_size):
+            c, m, g = fn(tf.constant(self.x_val[start:start + self.batch_size]),
+                         tf.constant(self.y_val[start:start + self.batch_size]))
+            correct.append(c.numpy()); margins.append(m.numpy()); grad_norms.append(g.numpy())
+        accuracy = np.concatenate(correct, axis=1).mean(axis=1)
+        return {"clean_accuracy": float(accuracy[0]),
+                "robust_accuracy": {name: float(a) for name, a in zip(self.attacks, accuracy[1:])},
+                "margin": np.concatenate(margins), "grad_norm": np.concatenate(grad_norms)}
+
+    # -- Keras hooks -------------------------------------------------------------
+
+    @property
+    def writer(self):
+        """The summary writer of ``log_dir`` (created on first use)."""
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        result = self.evaluate()
+        self.write(result, epoch, logs)
+
+    def write(self, result: dict, step: int, logs: dict | None = None) -> None:
+        """Writes one evaluation (from :meth:`evaluate`) and the epoch's term logs at ``step``."""
+        terms = {}
+        names = ["loss"] + list(getattr(getattr(self.model, "objective", None), "metric_names", []))
+        for name in names:
+            for key in (name, f"val_{name}"):
+                if logs and key in logs:
+                    terms[key] = float(logs[key])
+        with self.writer.as_default(step=int(step)):
+            tf.summary.scalar("robustness/clean_accuracy", result["clean_accuracy"])
+            for name, value in result["robust_accuracy"].items():
+                tf.summary.scalar(f"robustness/accuracy/{name}", value)
+            for key in ("margin", "grad_norm"):
+                tf.summary.scalar(f"robustness/{key}_mean", float(np.mean(result[key])))
+                tf.summary.histogram(f"robustness/{key}", result[key])
+            for key, value in terms.items():
+                tf.summary.scalar(f"terms/{key}", value)
+        self.writer.flush()
+        self.history.append({"epoch": int(step), "clean_accuracy": result["clean_accuracy"],
+                             "robust_accuracy": dict(result["robust_accuracy"]),
+                             "margin_mean": float(np.mean(result["margin"])),
+                             "grad_norm_mean": float(np.mean(result["grad_norm"])), "terms": terms})
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Closes the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
