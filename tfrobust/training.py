@@ -37,6 +37,8 @@ import yaml
 
 from tfrobust import data, models
 from tfrobust import objectives as objectives_module
+from tfrobust.attacks import AttackConfig
+from tfrobust.callbacks import RobustnessMonitor
 
 __all__ = [
     "HELP",
@@ -124,6 +126,19 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
         raise ValueError(f"config {where!r}: dataset {config['dataset']!r} is unknown; "
                          f"choose one of {data.DATASETS}")
     build_objective(config["objective"])  # fail early on a bad objective
+    monitor = config.get("monitor")
+    if monitor is not None:
+        if not isinstance(monitor, dict) or not isinstance(monitor.get("attacks"), dict):
+            raise ValueError(f"config {where!r}: monitor must be a mapping with an 'attacks' mapping, "
+                             f"e.g. {{attacks: {{pgd_0.3: {{name: pgd, eps: 0.3}}}}, n: 500}}")
+        unknown = set(monitor) - {"attacks", "n", "every_n_epochs", "batch_size"}
+        if unknown:
+            raise ValueError(f"config {where!r}: unknown monitor settings {sorted(unknown)}")
+        for name, attack in monitor["attacks"].items():
+            try:
+                AttackConfig(**attack)
+            except TypeError as err:
+                raise ValueError(f"config {where!r}: monitor attack {name!r}: {err}") from None
     return config
 
 
@@ -341,6 +356,14 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
         keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
         keras.callbacks.TerminateOnNaN(),
     ]
+    monitor = config.get("monitor")
+    if monitor and chief and n_val:
+        # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset.
+        callbacks.append(RobustnessMonitor(
+            x_val, y_val, {k: AttackConfig(**v) for k, v in monitor["attacks"].items()},
+            log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
+            every_n_epochs=int(monitor.get("every_n_epochs", 1)),
+            batch_size=int(monitor.get("batch_size", 256)), clip=model.clip))
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                   steps_per_epoch=-(-len(x_train) // batch),
