@@ -187,8 +187,12 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # CPU replicas: reduce through one device. The default collective ops can mix up
+        # instance keys when several strategies live in one process (seen in the tests).
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
