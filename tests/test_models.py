@@ -122,3 +122,17 @@ def test_mirrored_step_equals_single_device_step(objective_name, monkeypatch):
     assert moved > 1e-3
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_zoo_classifiers_output_logits_of_the_right_shape():
+    for name, shape in (("mnist_cnn", (28, 28, 1)), ("cifar_cnn", (32, 32, 3)), ("linear", (8, 8, 1))):
+        clf = models.build_classifier(name, shape, 10)
+        assert clf.output_shape == (None, 10)
+    small = models.wide_resnet(depth=10, widen=1)
+    assert small.output_shape == (None, 10)
+    # Pre-activation WRN-10-1: 1 block per group; widths 16, 32, 64.
+    assert [l.filters for l in small.layers if isinstance(l, keras.layers.Conv2D)][-1] == 64
+    with pytest.raises(ValueError, match="depth=12"):
+        models.wide_resnet(depth=12)
+    with pytest.raises(ValueError, match="'resnet9000'"):
+        models.build_classifier("resnet9000", (8, 8, 1), 10)
