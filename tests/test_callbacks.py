@@ -112,3 +112,23 @@ def test_bad_monitor_arguments(tmp_path, kwargs, match):
     args = {"attacks": ATTACKS, "log_dir": str(tmp_path), **kwargs}
     with pytest.raises(ValueError, match=match):
         RobustnessMonitor(x, y, **args)
+
+
+def test_monitor_logs_a_decision_surface_image(tmp_path):
+    x_val, y_val = data(16, seed=3)
+    model = models.RobustModel(models.linear_classifier((6, 6, 1), 3))
+    model.compile(optimizer="sgd")
+    monitor = RobustnessMonitor(x_val, y_val, {"fgsm": AttackConfig(name="fgsm", eps=0.1)},
+                                log_dir=str(tmp_path), surface_eps=0.1)
+    model.fit(x_val, y_val, epochs=1, verbose=0, callbacks=[monitor])
+    images = []
+    for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            images += [v for v in event.summary.value if v.tag == "robustness/decision_surface"]
+    assert len(images) == 1
+    width, height, png = images[0].tensor.string_val  # TensorBoard's image summary layout
+    pixels = tf.io.decode_png(png)
+    assert pixels.shape[:2] == (int(height), int(width)) and pixels.shape[0] > 100
+    assert float(tf.math.reduce_std(tf.cast(pixels, tf.float32))) > 5  # a picture, not a blank
+    with pytest.raises(ValueError, match="surface_eps=0"):
+        RobustnessMonitor(x_val, y_val, {}, log_dir=str(tmp_path), surface_eps=0)

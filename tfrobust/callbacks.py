@@ -71,6 +71,9 @@ class RobustnessMonitor(keras.callbacks.Callback):
             ``"l2"``: L2); default the first attack's norm, else ``"linf"``.
         clip: valid input range for the attacks.
         n: use only the first ``n`` examples of ``x_val``.
+        surface_eps: if set, also log ``robustness/decision_surface``: an image of
+            the decision surface around the first validation example along the CE
+            attack direction, with the eps ball of this radius marked.
 
     Raises:
         ValueError: naming a bad argument.
@@ -78,8 +81,12 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     def __init__(self, x_val, y_val, attacks: Mapping[str, AttackConfig], log_dir: str, *,
                  every_n_epochs: int = 1, batch_size: int = 256, norm: str | None = None,
-                 clip: tuple[float, float] | None = (0.0, 1.0), n: int | None = None):
+                 clip: tuple[float, float] | None = (0.0, 1.0), n: int | None = None,
+                 surface_eps: float | None = None):
         super().__init__()
+        if surface_eps is not None and not float(surface_eps) > 0:
+            raise ValueError(f"surface_eps={surface_eps!r} must be positive")
+        self.surface_eps = None if surface_eps is None else float(surface_eps)
         for arg, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{arg}={value!r} must be a positive integer")
@@ -194,6 +201,12 @@ class RobustnessMonitor(keras.callbacks.Callback):
                 tf.summary.histogram(f"robustness/{key}", result[key])
             for key, value in terms.items():
                 tf.summary.scalar(f"terms/{key}", value)
+            if self.surface_eps is not None:
+                from tfrobust.analysis.plots import surface_image  # matplotlib only when asked
+                image = surface_image(self._classifier(), self.x_val[:1], self.y_val[:1],
+                                      eps=self.surface_eps, norm=self.norm,
+                                      title=f"decision surface, epoch {int(step)}")
+                tf.summary.image("robustness/decision_surface", image)
         self.writer.flush()
         self.history.append({"epoch": int(step), "clean_accuracy": result["clean_accuracy"],
                              "robust_accuracy": dict(result["robust_accuracy"]),

@@ -131,7 +131,7 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
         if not isinstance(monitor, dict) or not isinstance(monitor.get("attacks"), dict):
             raise ValueError(f"config {where!r}: monitor must be a mapping with an 'attacks' mapping, "
                              f"e.g. {{attacks: {{pgd_0.3: {{name: pgd, eps: 0.3}}}}, n: 500}}")
-        unknown = set(monitor) - {"attacks", "n", "every_n_epochs", "batch_size"}
+        unknown = set(monitor) - {"attacks", "n", "every_n_epochs", "batch_size", "surface_eps"}
         if unknown:
             raise ValueError(f"config {where!r}: unknown monitor settings {sorted(unknown)}")
         for name, attack in monitor["attacks"].items():
@@ -367,7 +367,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             x_val, y_val, {k: AttackConfig(**v) for k, v in monitor["attacks"].items()},
             log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
             every_n_epochs=int(monitor.get("every_n_epochs", 1)),
-            batch_size=int(monitor.get("batch_size", 256)), clip=model.clip))
+            batch_size=int(monitor.get("batch_size", 256)), clip=model.clip,
+            surface_eps=monitor.get("surface_eps")))
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                   steps_per_epoch=-(-len(x_train) // batch),
