@@ -26,5 +26,9 @@ def test_quickstart_tiny(tmp_path, capsys):
         assert result["settings"]["bim"]["step_size"] == 0.1  # the paper's setting
     assert (out / "quickstart.png").stat().st_size > 10_000
     assert (out / "natural.keras").exists() and (out / "decision_jacobian.keras").exists()
+    served = report["serving"]
+    assert (out / "serving").is_dir() and served["saved_model"].startswith(str(out / "serving"))
+    assert len(served["scores"]["margin"]) == 8 and all(m >= 0 for m in served["scores"]["margin"])
     table = capsys.readouterr().out
+    assert "eff_margin" in table
     assert "natural (paper)" in table and f"{100 * PAPER_TABLE1['natural']['fgsm']['0.1']:.1f}" in table
