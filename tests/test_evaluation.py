@@ -132,3 +132,166 @@ def test_cli_evaluate_bad_input_is_one_line_error(digits_model, args, needle, ca
 def test_cli_evaluate_missing_model(capsys):
     assert main(["evaluate", "--model", "/nonexistent/m.keras", "--dataset", "digits"]) == 2
     assert "/nonexistent/m.keras" in capsys.readouterr().err
+
+
+# --- strong evaluation: APGD / Square cascade, masking and seed checks --------------------------
+
+def test_expand_attacks():
+    assert evaluation.expand_attacks(["fgsm", "autoattack"]) == (
+        ["fgsm", "apgd-ce", "apgd-dlr", "square"], ["apgd-ce", "apgd-dlr", "square"])
+    # A name the cascade already holds adds nothing; without autoattack names run standalone.
+    assert evaluation.expand_attacks(["square", "autoattack"]) == (
+        ["apgd-ce", "apgd-dlr", "square"], ["apgd-ce", "apgd-dlr", "square"])
+    assert evaluation.expand_attacks(["apgd-ce", "square"]) == (["apgd-ce", "square"], [])
+    assert evaluation.expand_attacks(["pgd", "square", "pgd"], cascade=True) == (
+        ["pgd", "square"], ["pgd", "square"])
+    with pytest.raises(ValueError, match="'fab'"):
+        evaluation.expand_attacks(["fab"])
+
+
+def test_run_cascade_attacks_only_the_survivors():
+    rng = np.random.default_rng(0)
+    clean = rng.random(50) < 0.9
+    outcomes = [rng.random(50) < p for p in (0.7, 0.8, 0.9)]  # per-example result of each attack
+    seen = []
+
+    def stage(k):
+        def run(idx):
+            seen.append(idx.copy())
+            return outcomes[k][idx]
+        return run
+
+    masks = evaluation.run_cascade([stage(0), stage(1), stage(2)], clean)
+    alive = clean.copy()
+    for k, (idx, mask) in enumerate(zip(seen, masks)):
+        np.testing.assert_array_equal(idx, np.flatnonzero(alive))  # only still-correct examples
+        alive = alive & outcomes[k]
+        np.testing.assert_array_equal(mask, alive)
+    # The last mask is the per-example AND of clean correctness and every attack.
+    np.testing.assert_array_equal(masks[-1], clean & outcomes[0] & outcomes[1] & outcomes[2])
+    # A stage with nobody left is not called.
+    seen.clear()
+    evaluation.run_cascade([stage(0)], np.zeros(50, bool))
+    assert seen == []
+
+
+def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
+    model, x, y = trained_linear(n=200)
+    calls = []
+    original = evaluation._correct_under
+
+    def recording(clf, config, xb, yb, *args):
+        out = original(clf, config, xb, yb, *args)
+        calls.append((config.name, config.loss, config.eps, len(xb), out))
+        return out
+
+    monkeypatch.setattr(evaluation, "_correct_under", recording)
+    res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "autoattack"], eps="0.05,0.1",
+                                    apgd_steps=10, square_queries=100, sanity=False, progress=False)
+    assert list(res["attacks"]) == ["fgsm", "apgd-ce", "apgd-dlr", "square"]
+    for key, eps in (("0.05", 0.05), ("0.1", 0.1)):
+        mine = {(name, loss): (size, out) for name, loss, e, size, out in calls if e == eps}
+        alive = np.ones(len(x), bool)  # clean accuracy is 1 on this model
+        for stage, name in ((("apgd", "ce"), "apgd-ce"), (("apgd", "dlr"), "apgd-dlr"),
+                            (("square", "ce"), "square")):
+            size, out = mine[stage]
+            assert size == alive.sum()  # each stage sees only the survivors of the earlier ones
+            alive[alive] = out
+            assert res["attacks"][name][key] == pytest.approx(alive.mean())
+        fgsm_ok = mine[("fgsm", "ce")][1]
+        assert res["worst_case"][key] == pytest.approx((alive & fgsm_ok).mean())
+        acc = res["attacks"]
+        assert acc["square"][key] <= acc["apgd-dlr"][key] <= acc["apgd-ce"][key]
+    assert res["settings"]["apgd-dlr"]["cascade"]["stage"] == 2
+    assert res["settings"]["square"]["queries"] == 100 and res["settings"]["apgd-ce"]["steps"] == 10
+    json.dumps(res)
+
+
+def test_strong_evaluation_passes_the_sanity_checks_on_an_honest_model():
+    model, x, y = trained_linear(n=200)
+    res = evaluation.evaluate_model(model, x, y, attacks=["autoattack"], eps="0.05,0.1",
+                                    apgd_steps=10, square_queries=100, progress=False)
+    by = {c["name"]: c for c in res["sanity"]["checks"]}
+    assert res["sanity"]["passed"], res["sanity"]
+    assert {"white_box_not_weaker_than_square", "stable_across_seeds"} <= set(by)
+    assert "on 200 examples" in by["stable_across_seeds"]["detail"]
+    # The cascade is at least as strong as PGD alone.
+    pgd = evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.05,0.1", sanity=False,
+                                    progress=False)
+    for key in ("0.05", "0.1"):
+        assert res["worst_case"][key] <= pgd["worst_case"][key] + 1e-9
+
+
+def test_masking_check_flags_square_beating_the_white_box_attacks():
+    model, x, y = trained_linear(n=200)
+    masked = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Lambda(tf.stop_gradient),
+                               keras.layers.Flatten(), keras.layers.Dense(3)])
+    masked.layers[-1].set_weights(model.layers[-1].get_weights())
+    res = evaluation.evaluate_model(masked, x, y, attacks=["autoattack"], eps="0.1",
+                                    apgd_steps=10, square_queries=200, progress=False)
+    by = {c["name"]: c for c in res["sanity"]["checks"]}
+    assert not by["white_box_not_weaker_than_square"]["passed"]
+    assert "square broke" in by["white_box_not_weaker_than_square"]["detail"]
+    assert res["attacks"]["square"]["0.1"] < res["attacks"]["apgd-dlr"]["0.1"] - 0.2
+    assert res["worst_case"]["0.1"] == res["attacks"]["square"]["0.1"]
+
+
+def test_new_sanity_checks_on_made_up_results():
+    result = {"clean_accuracy": 0.9,
+              "attacks": {"apgd-ce": {"0.1": 0.6}, "square": {"0.1": 0.4}}}
+    by = {c["name"]: c for c in evaluation.sanity_checks(result, {"0.1": 0.1})["checks"]}
+    assert not by["white_box_not_weaker_than_square"]["passed"]  # from the accuracies alone
+    by = {c["name"]: c for c in evaluation.sanity_checks(
+        result, {"0.1": 0.1}, black_box_gain={"0.1": 0.005})["checks"]}
+    assert by["white_box_not_weaker_than_square"]["passed"]  # per example: Square added only 0.5%
+    seed = {"eps": "0.1", "m": 200, "seed": 0, "accuracy": 0.50, "changed": 12,
+            "tolerance": evaluation.seed_tolerance(200), "what": "worst case"}
+    for rerun, passed in ((0.52, True), (0.45, False)):
+        out = evaluation.sanity_checks(result, {"0.1": 0.1}, seed_check={**seed, "accuracy_rerun": rerun})
+        by = {c["name"]: c for c in out["checks"]}
+        assert by["stable_across_seeds"]["passed"] is passed
+        assert "seed 1" in by["stable_across_seeds"]["detail"]
+
+
+def test_seed_tolerance_is_three_sigma_for_five_percent_seed_dependent_examples():
+    assert evaluation.seed_tolerance(200) == pytest.approx(3 * np.sqrt(0.05 / 400))
+    assert evaluation.seed_tolerance(100) > evaluation.seed_tolerance(200) > evaluation.seed_tolerance(1000)
+    # Simulated: 5% of the examples survive with probability 1/2, the rest are fixed.
+    rng = np.random.default_rng(0)
+    m = 200
+    fixed = rng.random(m) < 0.5
+    coin = np.arange(m) < m // 20
+    runs = [np.where(coin, rng.random((2000, m)) < 0.5, fixed) for _ in range(2)]
+    diff = np.abs(runs[0].mean(1) - runs[1].mean(1))
+    assert (diff > evaluation.seed_tolerance(m)).mean() < 0.01
+
+
+def test_cli_evaluate_autoattack_cascade(digits_model, tmp_path):
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", "--model", str(digits_model), "--dataset", "digits", "--n", "60",
+                 "--attacks", "fgsm,autoattack", "--eps", "0.1", "--apgd-steps", "5",
+                 "--square-queries", "30", "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert list(res["attacks"]) == ["fgsm", "apgd-ce", "apgd-dlr", "square"]
+    assert res["settings"]["square"]["cascade"]["of"] == ["apgd-ce", "apgd-dlr", "square"]
+    assert res["worst_case"]["0.1"] <= res["attacks"]["square"]["0.1"]
+    names = {c["name"] for c in res["sanity"]["checks"]}
+    assert {"white_box_not_weaker_than_square", "stable_across_seeds"} <= names
+    code = main(["evaluate", "--model", str(digits_model), "--dataset", "digits", "--n", "40",
+                 "--attacks", "pgd,apgd-dlr", "--cascade", "--eps", "0.1", "--apgd-steps", "3",
+                 "--no-sanity", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert code == 0 and res["settings"]["apgd-dlr"]["cascade"]["stage"] == 2
+    assert res["worst_case"]["0.1"] == res["attacks"]["apgd-dlr"]["0.1"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--attacks", "square", "--norm", "l2"], "--norm=l2"),
+    (["--attacks", "autoattack", "--apgd-steps", "0"], "--apgd-steps=0"),
+    (["--attacks", "square", "--square-queries", "0"], "--square-queries=0"),
+])
+def test_cli_evaluate_strong_attacks_bad_input(digits_model, args, needle, capsys):
+    code = main(["evaluate", "--model", str(digits_model), "--dataset", "digits"] + args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1
