@@ -318,3 +318,12 @@ def test_attack_config_runs_apgd_and_square():
     out = sq(model, x, y).numpy()
     assert np.abs(out - x).max() <= 0.1 + 1e-6 and out.min() >= 0 and out.max() <= 1
     assert set(attacks.ATTACKS) >= {"fgsm", "bim", "pgd", "cw", "apgd", "square"}
+
+
+def test_square_on_a_single_example_in_a_compiled_function():
+    # The cascade can leave one survivor: a batch whose static size is 1.
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x = tf.constant(np.random.default_rng(0).uniform(size=(1, 6, 6, 1)).astype("float32"))
+    fn = tf.function(lambda x: attacks.square(model, x, eps=0.1, queries=20, seed=0))
+    x_adv = fn(x).numpy()
+    assert x_adv.shape == (1, 6, 6, 1) and np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6

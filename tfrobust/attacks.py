@@ -616,8 +616,12 @@ def square(
         x_best = tf.where(accept[:, None, None, None], x_new, x_best)
         m_best = tf.where(accept, m_new, m_best)
         fooled = tf.logical_or(fooled, tf.logical_and(accept, success))
-        return i + 1, x_best, m_best, fooled
+        # Keep the static batch size (masks drawn with a dynamic batch lose it, which
+        # tf.while_loop rejects when the batch is known, e.g. one example left).
+        return (i + 1, tf.ensure_shape(x_best, static[0]), tf.ensure_shape(m_best, static[1]),
+                tf.ensure_shape(fooled, static[2]))
 
+    static = (x_best.shape, m_best.shape, fooled.shape)
     _, x_best, _, _ = tf.while_loop(
         lambda i, xb, mb, f: tf.logical_and(i < queries - 1, tf.logical_not(tf.reduce_all(f))),
         body, (tf.constant(0), x_best, m_best, fooled))
