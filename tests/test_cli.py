@@ -13,11 +13,12 @@ def test_help_lists_the_verbs(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for verb in ("quickstart", "train", "evaluate"):
+    for verb in ("quickstart", "train", "evaluate", "export", "serve", "surface", "indicator"):
         assert verb in out
 
 
-@pytest.mark.parametrize("verb", ["quickstart", "train", "evaluate"])
+@pytest.mark.parametrize("verb", ["quickstart", "train", "evaluate", "export", "serve", "surface",
+                                  "indicator"])
 def test_each_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([verb, "--help"])
