@@ -55,23 +55,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import hardware  # noqa: E402
+
 from tfrobust import attacks, data, models  # noqa: E402
 
 DEFAULT_OUT = "benchmarks/results/attack_speed.json"
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    gpus = tf.config.list_physical_devices("GPU")
-    dev = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPU cores visible, {dev}"
 
 
 def version(dist: str) -> str | None:

@@ -63,6 +63,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import hardware  # noqa: E402
+
 from tfrobust import data, evaluation, losses, models  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
 
@@ -77,20 +80,6 @@ STEPS = 10
 STEP_SIZE = {"bim": 0.1, "cw": 0.1, "pgd": None}
 METHODS = ("double_backprop", "finite_difference")
 GOAL_POINTS = 1.0
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    gpus = tf.config.list_physical_devices("GPU")
-    dev = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPU cores visible, {dev}"
 
 
 def objective(method: str, h: float) -> O.Objective:

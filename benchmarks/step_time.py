@@ -33,6 +33,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import hardware  # noqa: E402
+
 from tfrobust import models  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
 from tfrobust.attacks import AttackConfig  # noqa: E402
@@ -57,20 +60,6 @@ METHODS = {
     "mart_10": lambda: O.Mart(beta=6.0, attack=PGD10),
 }
 """Method name -> objective. Attacks: 10 steps, eps 0.3, step 0.075 (L∞)."""
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    gpus = tf.config.list_physical_devices("GPU")
-    dev = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPU cores visible, {dev}"
 
 
 def build(objective_fn, init):
