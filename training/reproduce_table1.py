@@ -1,0 +1,158 @@
+"""Reproduce Table 1 of the decision-surface paper (MNIST) with our recipes.
+
+Trains each recipe, evaluates it with the paper's attacks (FGSM, BIM and C&W:
+10 iterations of step 0.1, eps 0.1/0.2/0.3) on the test set, and with the
+strong cascade (APGD-CE -> APGD-DLR -> Square) on the first ``--n-strong``
+test images, then writes ``table1.json`` (issue #6 schema), ``table1.md`` and
+``table1.png`` beside the paper's numbers.
+
+Full run (belongs on a GPU; PGD-40 training costs about 20 min per epoch on 2 CPU cores)::
+
+    python training/reproduce_table1.py --out training/results
+
+Quick CPU smoke run::
+
+    python training/reproduce_table1.py --out /tmp/t1 --epochs 1 --n-train 2000 --n-test 200 \\
+        --n-strong 50 --width 0.25 --recipes natural,decision_jacobian
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfrobust import data, evaluation, training
+from tfrobust.quickstart import PAPER_TABLE1
+
+RECIPES = {
+    "natural": "mnist_natural",
+    "adv_train": "mnist_adv_train",
+    "input_gradient": "mnist_input_gradient",
+    "decision_jacobian": "mnist_jacobian",
+    "pgd_at": "mnist_pgd_at",
+    "emr": "mnist_emr",
+    "best_combination": "mnist_jacobian_at",
+}
+EPS = ("0.1", "0.2", "0.3")
+PAPER_ATTACKS = ("fgsm", "bim", "cw")
+
+
+def run_one(key: str, args: argparse.Namespace, x_test, y_test) -> dict:
+    """Trains one recipe and evaluates it with the paper's attacks and the cascade."""
+    config = training.load_config(RECIPES[key])
+    if args.epochs:
+        config["train"]["epochs"] = args.epochs
+    if args.n_train:
+        config["train"]["n_train"] = args.n_train
+    if args.width:
+        config["model"]["width"] = args.width
+    config.pop("monitor", None)
+    out = Path(args.out) / "table1_runs" / key
+    start = time.time()
+    model = training.train(config, out, verbose=2)
+    train_seconds = time.time() - start
+    meta = {"model": str(out / "model.keras"), "dataset": "mnist", "split": "test"}
+    result = evaluation.evaluate_model(model, x_test, y_test, attacks=PAPER_ATTACKS, eps=",".join(EPS),
+                                       steps=10, step_size=0.1, meta=meta)
+    m = args.n_strong
+    result["strong"] = evaluation.evaluate_model(
+        model, x_test[:m], y_test[:m], attacks=["apgd-ce", "apgd-dlr", "square"], eps=",".join(EPS),
+        cascade=True, apgd_steps=args.apgd_steps, square_queries=args.square_queries, meta=meta)
+    result["train_seconds"] = round(train_seconds, 1)
+    result["recipe"] = RECIPES[key]
+    result["train_settings"] = config["train"]
+    return result
+
+
+def markdown(table: dict) -> str:
+    """Our rows beside the paper's (accuracy %), with the cascade's worst case."""
+    head = ("| model | clean | " + " | ".join(f"{a.upper()} {e}" for a in PAPER_ATTACKS for e in EPS)
+            + " | cascade worst " + " | ".join(EPS) + " | sanity |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key, res in table["models"].items():
+        if key in PAPER_TABLE1:
+            p = PAPER_TABLE1[key]
+            lines.append(f"| {key} (paper) | {100 * p['clean']:.1f} | "
+                         + " | ".join(f"{100 * p[a][e]:.1f}" for a in PAPER_ATTACKS for e in EPS)
+                         + " | " + " | ".join("" for _ in EPS) + " | |")
+        strong = res["strong"]
+        lines.append(f"| {key} (ours) | {100 * res['clean_accuracy']:.1f} | "
+                     + " | ".join(f"{100 * res['attacks'][a][e]:.1f}" for a in PAPER_ATTACKS for e in EPS)
+                     + " | " + " | ".join(f"{100 * strong['worst_case'][e]:.1f}" for e in EPS)
+                     + f" | {'passed' if strong['sanity']['passed'] else 'FAILED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, path: Path) -> None:
+    """Worst case of the paper's attacks (solid), of the cascade (dotted) and the paper's BIM (dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = [0.0] + [float(e) for e in EPS]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (key, res) in enumerate(table["models"].items()):
+        color = plt.cm.tab10(i)
+        ax.plot(eps, [res["clean_accuracy"]] + [res["worst_case"][e] for e in EPS], "-o", color=color,
+                label=f"{key}: paper attacks")
+        ax.plot(eps, [res["clean_accuracy"]] + [res["strong"]["worst_case"][e] for e in EPS], ":",
+                color=color, label=f"{key}: cascade")
+        if key in PAPER_TABLE1:
+            p = PAPER_TABLE1[key]
+            ax.plot(eps, [p["clean"]] + [p["bim"][e] for e in EPS], "--", color=color, alpha=0.5,
+                    label=f"{key}: paper BIM")
+    ax.set_xlabel("eps (L∞, pixels in [0,1])")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("MNIST Table 1: ours (worst case) vs the paper")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="training/results")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated keys of RECIPES")
+    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
+    parser.add_argument("--n-train", type=int, default=None, help="first N training images")
+    parser.add_argument("--width", type=float, default=None, help="override the CNN width multiplier")
+    parser.add_argument("--n-test", type=int, default=10000, help="test images for the paper's attacks")
+    parser.add_argument("--n-strong", type=int, default=1000, help="test images for the cascade")
+    parser.add_argument("--apgd-steps", type=int, default=100)
+    parser.add_argument("--square-queries", type=int, default=5000)
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
+    for key in keys:
+        if key not in RECIPES:
+            parser.error(f"recipe {key!r} is unknown; choose from {','.join(RECIPES)}")
+    if args.n_strong > args.n_test:
+        parser.error(f"--n-strong={args.n_strong} must not exceed --n-test={args.n_test}")
+    x_test, y_test = data.load("mnist", "test", args.n_test)
+    command = "python training/reproduce_table1.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    table = {"hardware": f"{platform.processor() or platform.machine()}, {platform.platform()}",
+             "command": command, "models": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        table["models"][key] = run_one(key, args, x_test, y_test)
+        training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
+    training.atomic_write_text(out / "table1.md", markdown(table))
+    plot(table, out / "table1.png")
+    print(markdown(table))
+    print(f"reproduce with: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
