@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -47,7 +46,6 @@ import sys
 import time
 import traceback
 from importlib import metadata
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -56,7 +54,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware  # noqa: E402
+from _common import hardware, write_result  # noqa: E402
 
 from tfrobust import attacks, data, models  # noqa: E402
 
@@ -360,11 +358,7 @@ def main(argv=None) -> int:
     for key, accs in robust_check.items():
         print(f"robust accuracy at {key}: " + ", ".join(
             f"{n} {'n/a' if a is None else f'{a:.3f}'}" for n, a in accs.items()))
-    print(f"reproduce: {command}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result, command)
     return 0
 
 

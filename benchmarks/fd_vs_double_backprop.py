@@ -50,12 +50,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,7 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware  # noqa: E402
+from _common import hardware, write_result  # noqa: E402
 
 from tfrobust import data, evaluation, losses, models  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
@@ -253,11 +251,7 @@ def main(argv=None) -> int:
           + "".join(f"{diff[k]:>9.1f}" for k in eps_keys))
     print("within 1 point: " + ", ".join(f"eps {k}: {v}" for k, v in
                                           result["worst_case_difference_points"]["within_goal"].items()))
-    print(f"reproduce: {command}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result, command)
     return 0
 
 

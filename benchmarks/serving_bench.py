@@ -223,7 +223,6 @@ def run_schemathesis_fuzz(url: str, model: str, cases: int = 1000, seed: int = 0
     total = 0
 
     def run_group(op, mode, fixed, examples: int, group_seed: int) -> int:
-        nonlocal total
         strategy = op.as_strategy(generation_mode=mode, path_parameters=fixed)
         produced = 0
 

@@ -19,13 +19,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware  # noqa: E402
+from _common import hardware, write_result  # noqa: E402
 
 from tfrobust import models  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
@@ -154,11 +152,7 @@ def main(argv=None) -> int:
         mins = min(samples[n]) / min(samples["natural"])
         print(f"{n:<{width}}  {median[n]:8.4f}  {ratio[n]:5.2f}  {paired[n]:15.2f}  "
               f"{min(samples[n]):5.3f}  {mins:13.2f}")
-    print(f"reproduce: {command}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result, command)
     return 0
 
 

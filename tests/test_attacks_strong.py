@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import assert_ball_and_clip_range, small_cnn
 from tfrobust import attacks, data, losses
 
 D, K = 6, 4
 
-
-def small_cnn():
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
 
 
 def linear_problem(n=512, d=D, k=K, seed=0, image=False):
@@ -101,22 +94,7 @@ STRONG = [
 @pytest.mark.parametrize("name,kwargs,norm", STRONG)
 @pytest.mark.parametrize("graph", [False, True])
 def test_ball_and_clip_range_hold(name, kwargs, norm, graph):
-    model = small_cnn()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, size=(16, 8, 8, 1)).astype("float32")
-    x[:4] = 0.0  # on the clip boundary
-    x[4:8] = 1.0
-    eps = 0.3
-    fn = lambda x: attacks.get_attack(name)(model, x, eps=eps, norm=norm, **kwargs)  # noqa: E731
-    if graph:
-        fn = tf.function(fn)
-    x_adv = fn(tf.constant(x)).numpy()
-    assert x_adv.shape == x.shape and x_adv.dtype == np.float32
-    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-    delta = (x_adv - x).reshape(16, -1)
-    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
-    assert (size <= eps + 1e-5).all()
-    assert size.max() > 0.01  # it did move
+    assert_ball_and_clip_range(name, norm, graph, **kwargs)
 
 
 def test_custom_clip_range_and_float64():

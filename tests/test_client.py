@@ -17,27 +17,17 @@ import tensorflow as tf
 pytest.importorskip("fastapi")
 
 from tfrobust import client as client_mod  # noqa: E402
+from helpers import SHAPE, images, small_cnn  # noqa: E402
 from tfrobust import export, server  # noqa: E402
 from tfrobust.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = (8, 8, 1)
-
-
-def conv_net(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(10)])
-
-
-def images(n=3, seed=1):
-    return np.random.default_rng(seed).uniform(0, 1, (n, *SHAPE)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("client") / "clf"
-    export.export_saved_model(conv_net(), path, norm="linf")
+    export.export_saved_model(small_cnn(0), path, norm="linf")
     return path
 
 
@@ -219,7 +209,7 @@ def test_export_serve_client_round_trip(tmp_path):
     spec.loader.exec_module(bench)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     model_path = tmp_path / "model.keras"
-    conv_net(seed=2).save(model_path)
+    small_cnn(seed=2).save(model_path)
     base = tmp_path / "models" / "digits"
     exported = subprocess.run([sys.executable, "-m", "tfrobust", "export", "--model", str(model_path),
                                "--out", str(base), "--norm", "linf"],

@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,21 +16,11 @@ import tensorflow as tf
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from helpers import SHAPE, images, small_cnn  # noqa: E402
 from tfrobust import export, server  # noqa: E402
 from tfrobust.client import RestClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = (8, 8, 1)
-
-
-def conv_net(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(10)])
-
-
-def images(n=3, seed=1):
-    return np.random.default_rng(seed).uniform(0, 1, (n, *SHAPE)).astype(np.float32)
 
 
 def load_bench():
@@ -45,7 +34,7 @@ def load_bench():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("served") / "clf"
-    export.export_saved_model(conv_net(), path, norm="l2")
+    export.export_saved_model(small_cnn(0), path, norm="l2")
     return path
 
 
@@ -270,13 +259,13 @@ def test_server_survives_bad_requests(client):
 
 def test_picks_up_new_version_without_restart(tmp_path):
     base = tmp_path / "m"
-    export.export_saved_model(conv_net(seed=0), base)
+    export.export_saved_model(small_cnn(seed=0), base)
     config = server.ServerConfig({"m": str(base)}, port=0, poll_seconds=0.1)
     x = images(2)
     with server.start_server(config) as s:
         c = RestClient(s.url, "m")
         first = c.predict(x)["logits"]
-        new_model = conv_net(seed=5)
+        new_model = small_cnn(seed=5)
         export.export_saved_model(new_model, base)
         deadline = time.monotonic() + 60
         while c.status()["model_version_status"][0]["version"] != "2":
@@ -293,7 +282,7 @@ def test_picks_up_new_version_without_restart(tmp_path):
 
 def test_broken_version_is_skipped(tmp_path):
     base = tmp_path / "m"
-    export.export_saved_model(conv_net(), base)
+    export.export_saved_model(small_cnn(0), base)
     (base / "2").mkdir()
     (base / "2" / "saved_model.pb").write_bytes(b"not a saved model")
     with server.start_server(server.ServerConfig({"m": str(base)}, port=0)) as s:
@@ -312,7 +301,7 @@ def test_empty_base_path_answers_404_until_a_version_appears(tmp_path):
         status, raw = c.request("GET", "/v1/models/m")
         assert status == 404 and "Could not find any versions of model m" in json.loads(raw)["error"]
         assert c.request("POST", "/v1/models/m:predict", b'{"instances": [1]}')[0] == 404
-        export.export_saved_model(conv_net(), base)
+        export.export_saved_model(small_cnn(0), base)
         deadline = time.monotonic() + 60
         while c.request("GET", "/v1/models/m")[0] != 200:
             assert time.monotonic() < deadline

@@ -38,6 +38,7 @@ __all__ = [
     "get_attack",
     "AttackConfig",
     "resolve_labels",
+    "default_step_size",
 ]
 
 
@@ -55,6 +56,11 @@ def _check_number(name: str, value, *, positive: bool = False, integer: bool = F
         raise ValueError(f"{name}={value!r} must be a number")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name}={value!r} must be {'positive' if positive else 'non-negative'}")
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s step for an iterative attack: ``2.5 * eps / steps``."""
+    return 2.5 * float(eps) / max(int(steps), 1)
 
 
 def _check_clip(clip) -> None:
@@ -209,7 +215,7 @@ def bim(model: Callable, x, y=None, *, eps: float, steps: int = 10, step_size: f
     ``step_size`` defaults to ``2.5 * eps / steps``. Other arguments as in :func:`pgd`.
     """
     if step_size is None:
-        step_size = 2.5 * eps / max(int(steps), 1)
+        step_size = default_step_size(eps, steps)
     return pgd(model, x, y, eps=eps, steps=steps, step_size=step_size,
                random_start=random_start, **kwargs)
 
@@ -677,9 +683,7 @@ class AttackConfig:
     @property
     def resolved_step_size(self) -> float:
         """The step size actually used."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * self.eps / max(self.steps, 1)
+        return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
 
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False) -> tf.Tensor:
         """Runs the attack on a batch."""

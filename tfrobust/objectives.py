@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks import AttackConfig
+from tfrobust.attacks import AttackConfig, _check_number, default_step_size
 
 __all__ = [
     "PENALTY_NORMS",
@@ -704,13 +704,6 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
     return tf.stop_gradient(_clip_to(x_adv, clip))
 
 
-def _check_attack_number(name: str, value, *, integer: bool = False) -> None:
-    ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
-    if isinstance(value, bool) or not ok or value != value or value < 0:
-        kind = "a non-negative integer" if integer else "a non-negative number"
-        raise ValueError(f"{name}={value!r} must be {kind}")
-
-
 @dataclasses.dataclass(frozen=True)
 class KLAttack:
     """TRADES' training attack as a point of a :class:`StepContext` (see :func:`kl_pgd`).
@@ -735,19 +728,17 @@ class KLAttack:
     random_start: ClassVar[bool] = True
 
     def __post_init__(self):
-        _check_attack_number("eps", self.eps)
-        _check_attack_number("steps", self.steps, integer=True)
+        _check_number("eps", self.eps)
+        _check_number("steps", self.steps, integer=True)
         if self.step_size is not None:
-            _check_attack_number("step_size", self.step_size)
-        _check_attack_number("init_std", self.init_std)
+            _check_number("step_size", self.step_size)
+        _check_number("init_std", self.init_std)
         norms.validate_norm(self.norm)
 
     @property
     def resolved_step_size(self) -> float:
         """The step size actually used."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * self.eps / max(self.steps, 1)
+        return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
 
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False) -> tf.Tensor:
         """Runs the attack on a batch (``y`` is not used)."""
