@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from helpers import assert_ball_and_clip_range, small_cnn
 from tfrobust import attacks, losses
+from tfrobust.attacks import AttackConfig
 
 D, K = 6, 4
 
@@ -233,3 +234,21 @@ def test_margin_helpers():
     # DLR is invariant to shifting and scaling the logits.
     np.testing.assert_allclose(losses.dlr_loss(z, [2, 0]).numpy(),
                                losses.dlr_loss(3 * z + 7, [2, 0]).numpy(), rtol=1e-6)
+
+
+def test_eps_scale_shrinks_radius_and_step(batch):
+    """eps warm-up: eps_scale s attacks exactly like the config at s*eps with step s*step."""
+    model, w, b = linear_model()
+    x, y = batch
+    got = AttackConfig(name="fgsm", eps=0.2)(model, x, y, eps_scale=0.25).numpy()
+    np.testing.assert_allclose(got, np.clip(x + 0.05 * np.sign(ce_grad(w, b, x, y)), 0, 1), atol=1e-7)
+    full = AttackConfig(name="pgd", eps=0.3, steps=4, random_start=False)
+    small = AttackConfig(name="pgd", eps=0.15, steps=4, step_size=full.resolved_step_size / 2,
+                         random_start=False)
+    want = small(model, x, y).numpy()
+    np.testing.assert_allclose(full(model, x, y, eps_scale=0.5).numpy(), want, atol=1e-7)
+    scaled = tf.function(lambda s: full(model, tf.constant(x), y, eps_scale=s))(tf.constant(0.5))
+    np.testing.assert_allclose(scaled.numpy(), want, atol=1e-7)
+    np.testing.assert_array_equal(full(model, x, y, eps_scale=0.0).numpy(), x)
+    with pytest.raises(ValueError, match="eps_scale=1.5"):
+        full(model, x, y, eps_scale=1.5)

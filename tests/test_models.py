@@ -136,3 +136,28 @@ def test_zoo_classifiers_output_logits_of_the_right_shape():
         models.wide_resnet(depth=12)
     with pytest.raises(ValueError, match="'resnet9000'"):
         models.build_classifier("resnet9000", (8, 8, 1), 10)
+
+
+def test_eps_warmup_attacks_at_a_fraction_of_the_radius_first():
+    """With eps_warmup_steps=4 the first SGD step equals a step of FGSM training at eps/4."""
+    x, y = data(16)
+    init = tiny_cnn().get_weights()
+
+    def one_step(eps, warmup):
+        model = models.RobustModel(tiny_cnn(), O.AdversarialTraining(AttackConfig(name="fgsm", eps=eps)),
+                                   eps_warmup_steps=warmup)
+        model.classifier.set_weights(init)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        return model
+
+    warm = one_step(0.2, 4)
+    for a, b in zip(warm.classifier.get_weights(), one_step(0.05, 0).classifier.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in
+               zip(warm.classifier.get_weights(), one_step(0.2, 0).classifier.get_weights()))
+    np.testing.assert_allclose([models.warmup_scale(s, 4).numpy() for s in (0, 1, 3, 10)],
+                               [0.25, 0.5, 1.0, 1.0])
+    assert models.RobustModel.from_config(warm.get_config()).eps_warmup_steps == 4
+    with pytest.raises(ValueError, match="eps_warmup_steps=-1"):
+        models.RobustModel(tiny_cnn(), eps_warmup_steps=-1)

@@ -49,12 +49,22 @@ def test_required_recipes_exist_with_the_papers_settings():
       "objective": [{"type": "decision_jacobian", "c": -5}]}, "c=-5"),
     ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
       "train": {"epochz": 3}}, "epochz"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
+      "train": {"eps_warmup_epochs": -1}}, "eps_warmup_epochs=-1"),
 ])
 def test_bad_recipes_name_the_bad_field(tmp_path, config, match):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=match):
         training.load_config(path)
+
+
+def test_eps_warmup_epochs_become_optimizer_steps(tmp_path):
+    config = training.load_config("digits_tiny")
+    config.pop("monitor")
+    config["train"].update(epochs=1, n_train=256, eps_warmup_epochs=1.5)
+    model = training.train(config, tmp_path, verbose=0)
+    assert model.eps_warmup_steps == 6  # 1.5 epochs of ceil(256 / 64) = 4 steps
 
 
 def test_cli_train_writes_model_history_tensorboard(tmp_path):

@@ -34,6 +34,7 @@ __all__ = [
     "square",
     "apgd_checkpoints",
     "square_p_schedule",
+    "scale_radius",
     "ATTACKS",
     "get_attack",
     "AttackConfig",
@@ -56,6 +57,16 @@ def _check_number(name: str, value, *, positive: bool = False, integer: bool = F
         raise ValueError(f"{name}={value!r} must be a number")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name}={value!r} must be {'positive' if positive else 'non-negative'}")
+
+
+def scale_radius(value: float, scale: float | tf.Tensor) -> float | tf.Tensor:
+    """``value * scale``, with ``scale`` a number in [0, 1] or a scalar tensor (not checked)."""
+    if isinstance(scale, tf.Tensor):
+        return tf.cast(scale, tf.float32) * value
+    _check_number("eps_scale", scale)
+    if scale > 1:
+        raise ValueError(f"eps_scale={scale!r} must be in [0, 1]")
+    return value * float(scale)
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -685,21 +696,29 @@ class AttackConfig:
         """The step size actually used."""
         return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
 
-    def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False) -> tf.Tensor:
-        """Runs the attack on a batch."""
+    def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
+                 eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
+        """Runs the attack on a batch.
+
+        ``eps_scale`` (a scalar, possibly a tensor) multiplies ``eps`` and the
+        step size: training uses it to ramp the threat radius up (eps warm-up).
+        """
+        eps, step_size = self.eps, self.resolved_step_size
+        if eps_scale is not None:
+            eps, step_size = scale_radius(eps, eps_scale), scale_radius(step_size, eps_scale)
         if self.name == "fgsm":
-            return fgsm(model, x, y, eps=self.eps, norm=self.norm, clip=clip, loss=self.loss,
+            return fgsm(model, x, y, eps=eps, norm=self.norm, clip=clip, loss=self.loss,
                         targeted=self.targeted, training=training)
         if self.name == "apgd":
-            return apgd(model, x, y, eps=self.eps, steps=self.steps, norm=self.norm, loss=self.loss,
+            return apgd(model, x, y, eps=eps, steps=self.steps, norm=self.norm, loss=self.loss,
                         clip=clip, targeted=self.targeted, training=training,
                         random_start=True if self.random_start is None else self.random_start)
         if self.name == "square":
-            return square(model, x, y, eps=self.eps, queries=self.steps, norm=self.norm, clip=clip,
+            return square(model, x, y, eps=eps, queries=self.steps, norm=self.norm, clip=clip,
                           targeted=self.targeted, training=training)
         random_start = self.name == "pgd" if self.random_start is None else self.random_start
         loss = "cw" if self.name == "cw" else self.loss
-        return pgd(model, x, y, eps=self.eps, steps=self.steps, step_size=self.resolved_step_size,
+        return pgd(model, x, y, eps=eps, steps=self.steps, step_size=step_size,
                    norm=self.norm, random_start=random_start, clip=clip, loss=loss,
                    targeted=self.targeted, training=training)
 

@@ -23,6 +23,7 @@ from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objectiv
 
 __all__ = [
     "RobustModel",
+    "warmup_scale",
     "mnist_cnn",
     "cifar_cnn",
     "linear_classifier",
@@ -44,6 +45,11 @@ class RobustModel(keras.Model):
             ``None`` for natural cross-entropy training.
         clip: valid input range used by attacks inside the objective, or ``None``.
         attack_training: the ``training`` flag while generating adversarial points.
+        eps_warmup_steps: ramp every training attack's radius (and step) linearly from
+            ``eps / eps_warmup_steps`` at the first step to ``eps`` at step
+            ``eps_warmup_steps``; 0 attacks at full radius from the start. Adversarial
+            training at MNIST's eps 0.3 can stall at chance without it. Evaluation
+            (``test_step``) always uses the full radius.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Raises:
@@ -52,13 +58,17 @@ class RobustModel(keras.Model):
 
     def __init__(self, classifier: keras.Model, objective: Objective | Term | list | None = None,
                  clip: tuple[float, float] | None = (0.0, 1.0), attack_training: bool = False,
-                 **kwargs):
+                 eps_warmup_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         losses.check_logits(classifier, name=f"classifier {classifier.name!r}")
         self.classifier = classifier
         self.objective = as_objective(objective)
         self.clip = tuple(float(c) for c in clip) if clip is not None else None
         self.attack_training = bool(attack_training)
+        if isinstance(eps_warmup_steps, bool) or int(eps_warmup_steps) != eps_warmup_steps \
+                or eps_warmup_steps < 0:
+            raise ValueError(f"eps_warmup_steps={eps_warmup_steps!r} must be a non-negative integer")
+        self.eps_warmup_steps = int(eps_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built
 
@@ -104,8 +114,11 @@ class RobustModel(keras.Model):
         if getattr(self, "_compile_loss", None) is not None:
             raise ValueError("RobustModel's loss is its objective: call compile() without loss= "
                              "and pass the objective to RobustModel(classifier, objective)")
+        scale = None
+        if training and self.eps_warmup_steps and self.optimizer is not None:
+            scale = warmup_scale(self.optimizer.iterations, self.eps_warmup_steps)
         ctx = StepContext(self.classifier, x, y, training=training, clip=self.clip,
-                          attack_training=self.attack_training)
+                          attack_training=self.attack_training, eps_scale=scale)
         ctx.prepare(self.objective)
         return ctx, x, y, sample_weight
 
@@ -150,6 +163,7 @@ class RobustModel(keras.Model):
             "objective": keras.saving.serialize_keras_object(self.objective),
             "clip": list(self.clip) if self.clip is not None else None,
             "attack_training": self.attack_training,
+            "eps_warmup_steps": self.eps_warmup_steps,
         }
 
     @classmethod
@@ -158,6 +172,16 @@ class RobustModel(keras.Model):
         classifier = keras.saving.deserialize_keras_object(config.pop("classifier"))
         objective = keras.saving.deserialize_keras_object(config.pop("objective"))
         return cls(classifier, objective, **config)
+
+
+def warmup_scale(step, warmup_steps: int) -> tf.Tensor:
+    """Linear eps warm-up: ``min(1, (step + 1) / warmup_steps)`` as a float32 scalar.
+
+    ``step`` counts optimizer updates from 0, so the first update attacks at
+    ``1 / warmup_steps`` of the radius and update ``warmup_steps - 1`` at the full radius.
+    """
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(1.0, (step + 1.0) / float(max(int(warmup_steps), 1)))
 
 
 def scale_loss_for_distribution(loss: tf.Tensor) -> tf.Tensor:

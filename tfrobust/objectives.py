@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks import AttackConfig, _check_number, default_step_size
+from tfrobust.attacks import AttackConfig, _check_number, default_step_size, scale_radius
 
 __all__ = [
     "PENALTY_NORMS",
@@ -115,10 +115,12 @@ class StepContext:
         training: the ``training`` flag for forward passes in the loss.
         clip: valid input range for attacks.
         attack_training: the ``training`` flag while generating attacks.
+        eps_scale: multiplies every attack's radius and step (eps warm-up);
+            ``None`` attacks at the configured radius.
     """
 
     def __init__(self, model: Callable, x, y, *, training: bool, clip=(0.0, 1.0),
-                 attack_training: bool = False):
+                 attack_training: bool = False, eps_scale: tf.Tensor | float | None = None):
         self.model = model
         self.x = tf.convert_to_tensor(x)
         y = tf.convert_to_tensor(y)
@@ -128,6 +130,7 @@ class StepContext:
         self.training = training
         self.clip = clip
         self.attack_training = attack_training
+        self.eps_scale = eps_scale
         self._points: dict = {CLEAN: self.x}
         self._forward: dict = {}
 
@@ -141,7 +144,7 @@ class StepContext:
         for attack in objective.attacks():
             if attack not in self._points:
                 self._points[attack] = attack(self.model, self.x, self.y, clip=self.clip,
-                                              training=self.attack_training)
+                                              training=self.attack_training, eps_scale=self.eps_scale)
 
     def point(self, point: str | AttackConfig) -> tf.Tensor:
         """The input at ``point``."""
@@ -740,9 +743,13 @@ class KLAttack:
         """The step size actually used."""
         return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
 
-    def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False) -> tf.Tensor:
-        """Runs the attack on a batch (``y`` is not used)."""
-        return kl_pgd(model, x, eps=self.eps, steps=self.steps, step_size=self.resolved_step_size,
+    def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
+                 eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
+        """Runs the attack on a batch (``y`` is not used); ``eps_scale`` as in AttackConfig."""
+        eps, step_size = self.eps, self.resolved_step_size
+        if eps_scale is not None:
+            eps, step_size = scale_radius(eps, eps_scale), scale_radius(step_size, eps_scale)
+        return kl_pgd(model, x, eps=eps, steps=self.steps, step_size=step_size,
                       norm=self.norm, init_std=self.init_std, clip=clip, training=training)
 
     def to_dict(self) -> dict:

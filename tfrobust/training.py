@@ -67,6 +67,7 @@ _DEFAULT_TRAIN = {
     "n_train": None,
     "validation_n": 1000,
     "seed": 0,
+    "eps_warmup_epochs": 0,
 }
 _STRATEGIES = ("none", "mirrored", "multiworker")
 
@@ -122,6 +123,9 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
     unknown = set(config["train"]) - set(_DEFAULT_TRAIN)
     if unknown:
         raise ValueError(f"config {where!r}: unknown train settings {sorted(unknown)}")
+    warmup = config["train"]["eps_warmup_epochs"]
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not warmup >= 0:
+        raise ValueError(f"config {where!r}: eps_warmup_epochs={warmup!r} must be a non-negative number")
     if config["dataset"] not in data.DATASETS:
         raise ValueError(f"config {where!r}: dataset {config['dataset']!r} is unknown; "
                          f"choose one of {data.DATASETS}")
@@ -345,8 +349,10 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
                            or data.dataset_info(config["dataset"])["num_classes"])
             classifier = models.build_classifier(spec.pop("name"), x_train.shape[1:],
                                                  int(num_classes), **spec)
-            model = models.RobustModel(classifier, build_objective(config["objective"]),
-                                       clip=tuple(config.get("clip", (0.0, 1.0))))
+            steps_per_epoch = -(-len(x_train) // int(settings["batch_size"]))
+            model = models.RobustModel(
+                classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
+                eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)))
             model.compile(optimizer=_optimizer(settings), metrics=["accuracy"])
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
