@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -49,6 +50,8 @@ def run_one(key: str, args: argparse.Namespace, x_test, y_test) -> dict:
     config = training.load_config(RECIPES[key])
     if args.epochs:
         config["train"]["epochs"] = args.epochs
+    if key in args.recipe_epochs:
+        config["train"]["epochs"] = args.recipe_epochs[key]
     if args.n_train:
         config["train"]["n_train"] = args.n_train
     if args.width:
@@ -66,9 +69,38 @@ def run_one(key: str, args: argparse.Namespace, x_test, y_test) -> dict:
         model, x_test[:m], y_test[:m], attacks=["apgd-ce", "apgd-dlr", "square"], eps=",".join(EPS),
         cascade=True, apgd_steps=args.apgd_steps, square_queries=args.square_queries, meta=meta)
     result["train_seconds"] = round(train_seconds, 1)
+    result["eval_seconds"] = round(time.time() - start - train_seconds, 1)
     result["recipe"] = RECIPES[key]
     result["train_settings"] = config["train"]
     return result
+
+
+def recipe_epochs(text: str) -> dict[str, int]:
+    """Parses ``key=epochs,...`` for ``--recipe-epochs``."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in RECIPES or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} must be RECIPE=EPOCHS with RECIPE in {','.join(RECIPES)} and EPOCHS >= 1")
+        out[key] = int(value)
+    return out
+
+
+def earlier_rows(path: Path, settings: dict, recipe_epochs: dict[str, int]) -> dict:
+    """Rows of an earlier run with the same settings, so a stopped run goes on where it stopped.
+
+    Training itself resumes from each recipe's checkpoints; this keeps recipes that were
+    already trained and evaluated, and lets a later call add recipes to the same table.
+    Different settings start afresh.
+    """
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != settings:
+        return {}
+    return {key: row for key, row in earlier.get("models", {}).items()
+            if key not in recipe_epochs or row["train_settings"]["epochs"] == recipe_epochs[key]}
 
 
 def markdown(table: dict) -> str:
@@ -124,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="training/results")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated keys of RECIPES")
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
+    parser.add_argument("--recipe-epochs", type=recipe_epochs, default={},
+                        help="per-recipe epochs, e.g. pgd_at=4 (overrides --epochs for those recipes)")
     parser.add_argument("--n-train", type=int, default=None, help="first N training images")
     parser.add_argument("--width", type=float, default=None, help="override the CNN width multiplier")
     parser.add_argument("--n-test", type=int, default=10000, help="test images for the paper's attacks")
@@ -138,13 +172,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_strong > args.n_test:
         parser.error(f"--n-strong={args.n_strong} must not exceed --n-test={args.n_test}")
     x_test, y_test = data.load("mnist", "test", args.n_test)
-    command = "python training/reproduce_table1.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    table = {"hardware": f"{platform.processor() or platform.machine()}, {platform.platform()}",
-             "command": command, "models": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "recipes", "recipe_epochs")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rows = earlier_rows(out / "table1.json", settings, args.recipe_epochs)
+    keys = [k for k in RECIPES if k in rows or k in keys]
+    flags = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for flag in ("--recipe-epochs", "--recipes"):  # rebuilt below for every row in the table
+        if flag in flags:
+            i = flags.index(flag)
+            del flags[i:i + 2]
+    flags = [a for a in flags if not a.startswith(("--recipes=", "--recipe-epochs="))]
+    epochs_of = {k: v["train_settings"]["epochs"] for k, v in rows.items()} | args.recipe_epochs
+    default = args.epochs or None
+    special = {k: e for k, e in epochs_of.items()
+               if k in keys and e != (default or training.load_config(RECIPES[k])["train"]["epochs"])}
+    if special:
+        flags += ["--recipe-epochs", ",".join(f"{k}={e}" for k, e in special.items())]
+    flags += ["--recipes", ",".join(keys)]
+    command = "python training/reproduce_table1.py " + " ".join(shlex.quote(a) for a in flags)
+    table = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+                         f"{platform.platform()}",
+             "command": command, "settings": settings, "models": {}}
     for key in keys:
-        table["models"][key] = run_one(key, args, x_test, y_test)
+        if key in rows:
+            print(f"{key}: kept from {out / 'table1.json'} (same settings)", flush=True)
+            table["models"][key] = rows[key]
+        else:
+            table["models"][key] = run_one(key, args, x_test, y_test)
         training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
     training.atomic_write_text(out / "table1.md", markdown(table))
     plot(table, out / "table1.png")
