@@ -39,7 +39,7 @@ RECIPES = {
     "decision_jacobian": "mnist_jacobian",
     "pgd_at": "mnist_pgd_at",
     "emr": "mnist_emr",
-    "best_combination": "mnist_jacobian_at",
+    "best_combination": "mnist_pgd7_emr",
 }
 EPS = ("0.1", "0.2", "0.3")
 PAPER_ATTACKS = ("fgsm", "bim", "cw")
