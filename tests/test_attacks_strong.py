@@ -305,3 +305,51 @@ def test_square_on_a_single_example_in_a_compiled_function():
     fn = tf.function(lambda x: attacks.square(model, x, eps=0.1, queries=20, seed=0))
     x_adv = fn(x).numpy()
     assert x_adv.shape == (1, 6, 6, 1) and np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6
+
+
+# --- APGD-T ----------------------------------------------------------------------------------------
+
+def test_targeted_dlr_loss_closed_form():
+    logits = tf.constant([[3.0, 1.0, 2.0, 0.0, -1.0], [0.5, 4.0, -2.0, 1.0, 2.5]], tf.float64)
+    # Row 0: y=0, t=1; sorted 3, 2, 1, 0 -> scale 3 - (1 + 0)/2 = 2.5.
+    # Row 1: y=1, t=4; sorted 4, 2.5, 1, 0.5 -> scale 4 - (1 + 0.5)/2 = 3.25.
+    got = losses.dlr_targeted_loss(logits, tf.constant([0, 1]), tf.constant([1, 4])).numpy()
+    np.testing.assert_allclose(got, [-(3 - 1) / 2.5, -(4 - 2.5) / 3.25], rtol=1e-12)
+
+
+def test_apgd_t_over_all_targets_reaches_the_exact_linear_robust_accuracy():
+    model, x, y, distance = linear_problem(n=256, seed=4)
+    eps = 0.1
+    exact = (distance > eps).mean()
+    assert 0.2 < exact < 0.9
+    still = np.ones(len(y), bool)
+    for rank in range(2, K + 1):
+        x_adv = attacks.apgd(model, x, y, eps=eps, steps=20, clip=None, target_rank=rank).numpy()
+        assert np.abs(x_adv - x).max() <= eps + 1e-6
+        still &= correct(model, x_adv, y)
+    assert not (~still & (distance > eps + 1e-5)).any()  # sound
+    np.testing.assert_array_equal(still, distance > eps)  # and complete on a linear model
+
+
+def test_apgd_t_moves_towards_the_ranked_class():
+    model, x, y, _ = linear_problem(n=64, seed=5)
+    z = model(x).numpy()
+    runner_up = np.argsort(-z, axis=1)[:, 1]
+    z_adv = model(attacks.apgd(model, x, y, eps=0.05, steps=10, clip=None, target_rank=2)).numpy()
+    rows = np.arange(len(y))
+    gap = lambda z: z[rows, y] - z[rows, runner_up]  # noqa: E731
+    assert (gap(z_adv) < gap(z) - 1e-4).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(target_rank=1), "target_rank=1"),
+    (dict(target_rank=2, loss="dlr"), "target_rank=2"),
+    (dict(target_rank=2, targeted=True), "target_rank=2"),
+    (dict(target_rank=5), "target_rank=5 needs at least 4 classes"),
+])
+def test_apgd_t_bad_arguments_name_the_value(kwargs, match):
+    model, x, y, _ = linear_problem(n=2)
+    with pytest.raises(ValueError, match=match):
+        attacks.apgd(model, x, y, eps=0.1, **kwargs)
+    with pytest.raises(ValueError, match="only apgd"):
+        attacks.AttackConfig(name="pgd", target_rank=2)

@@ -295,3 +295,37 @@ def test_cli_evaluate_strong_attacks_bad_input(digits_model, args, needle, capsy
     code = main(["evaluate", "--model", str(digits_model), "--dataset", "digits"] + args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(120, 4, 4, 1)).astype("float32")
+    w = rng.normal(size=(16, 5)).astype("float32")
+    y = (x.reshape(120, -1) @ w).argmax(-1)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    model.layers[-1].set_weights([w * 5, np.zeros(5, "float32")])
+    calls = []
+    original = evaluation._correct_under
+
+    def recording(clf, config, xb, yb, *args):
+        out = original(clf, config, xb, yb, *args)
+        calls.append((config.target_rank, len(xb), out))
+        return out
+
+    monkeypatch.setattr(evaluation, "_correct_under", recording)
+    res = evaluation.evaluate_model(model, x, y, attacks=["apgd-ce", "apgd-t"], cascade=True, eps="0.05",
+                                    apgd_steps=10, apgd_targets=3, sanity=False, progress=False)
+    alive = np.asarray(calls[0][2])  # after APGD-CE (clean accuracy is 1 on this model)
+    assert [c[0] for c in calls] == [None, 2, 3, 4]
+    for rank, size, out in calls[1:]:
+        assert size == alive.sum()  # each target sees only what the earlier ones left
+        alive[alive] = out
+    assert res["attacks"]["apgd-t"]["0.05"] == pytest.approx(alive.mean())
+    assert res["attacks"]["apgd-t"]["0.05"] <= res["attacks"]["apgd-ce"]["0.05"]
+    assert res["settings"]["apgd-t"]["targets"] == 3
+    with pytest.raises(ValueError, match="apgd-t needs at least 4 classes"):
+        evaluation.evaluate_model(*trained_linear(n=10), attacks=["apgd-t"], eps="0.1", sanity=False,
+                                  progress=False)
+    with pytest.raises(ValueError, match="apgd_targets=0"):
+        evaluation.evaluate_model(model, x, y, attacks=["apgd-t"], eps="0.1", apgd_targets=0,
+                                  progress=False)

@@ -304,6 +304,7 @@ def apgd(
     random_start: bool = True,
     training: bool = False,
     seed: int | None = None,
+    target_rank: int | None = None,
 ) -> tf.Tensor:
     """Auto-PGD (Croce & Hein 2020, Algorithm 1): PGD with momentum and an adaptive step.
 
@@ -333,6 +334,11 @@ def apgd(
         random_start: start uniformly inside the ball instead of at ``x``.
         training: the ``training`` flag passed to the model.
         seed: op seed for the random start.
+        target_rank: APGD-T: maximise the targeted DLR loss towards the class with
+            the ``target_rank``-th largest logit at ``x`` (2 = the runner-up),
+            still counting any misclassification as success; ``loss`` and
+            ``targeted`` must then be left at their defaults. AutoAttack runs
+            ranks 2 to 10 one after the other.
 
     Returns:
         Adversarial inputs, same shape and dtype as ``x``, without gradient.
@@ -343,6 +349,11 @@ def apgd(
     """
     _check_number("eps", eps)
     _check_static_int("steps", steps)
+    if target_rank is not None:
+        _check_static_int("target_rank", target_rank)
+        if target_rank < 2 or targeted or loss != "ce":
+            raise ValueError(f"target_rank={target_rank!r} needs target_rank >= 2, targeted=False and "
+                             f"the default loss (got targeted={targeted!r}, loss={loss!r})")
     _check_fraction("rho", rho)
     _check_fraction("alpha", alpha)
     _check_clip(clip)
@@ -358,6 +369,14 @@ def apgd(
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     direction = tf.cast(-1.0 if targeted else 1.0, dtype)
     eps_t = tf.cast(eps, dtype)
+    if target_rank is not None:
+        clean_logits = model(x, training=training)
+        num_classes = clean_logits.shape[-1]
+        if num_classes is not None and (num_classes < 4 or target_rank > num_classes):
+            raise ValueError(f"target_rank={target_rank} needs at least 4 classes and at most as many "
+                             f"as the model's {num_classes}")
+        target = tf.math.top_k(clean_logits, k=target_rank).indices[:, target_rank - 1]
+        loss_fn = lambda logits, labels: losses.dlr_targeted_loss(logits, labels, target)  # noqa: E731
 
     def project(z):
         return _clip(x + norms.project(z - x, eps_t, norm), clip)
@@ -667,8 +686,9 @@ class AttackConfig:
 
     ``step_size=None`` means ``2.5 * eps / steps`` (Madry et al.). For
     ``name="apgd"`` the step is adaptive (``step_size`` is ignored) and
-    ``loss`` picks APGD-CE or APGD-DLR; for ``name="square"`` ``steps`` is the
-    query budget, the loss is always the margin and ``norm`` must be ``"linf"``.
+    ``loss`` picks APGD-CE or APGD-DLR, or ``target_rank`` makes it one run of
+    APGD-T (see :func:`apgd`); for ``name="square"`` ``steps`` is the query
+    budget, the loss is always the margin and ``norm`` must be ``"linf"``.
     """
 
     name: str = "pgd"
@@ -679,6 +699,7 @@ class AttackConfig:
     loss: str = "ce"
     random_start: bool | None = None
     targeted: bool = False
+    target_rank: int | None = None
 
     def __post_init__(self):
         get_attack(self.name)
@@ -690,6 +711,8 @@ class AttackConfig:
         losses.attack_loss(self.loss)
         if self.name == "square" and self.norm != "linf":
             raise ValueError(f"norm={self.norm!r}: square supports only 'linf'")
+        if self.target_rank is not None and self.name != "apgd":
+            raise ValueError(f"target_rank={self.target_rank!r}: only apgd (APGD-T) takes a target rank")
 
     @property
     def resolved_step_size(self) -> float:
@@ -712,7 +735,8 @@ class AttackConfig:
         if self.name == "apgd":
             return apgd(model, x, y, eps=eps, steps=self.steps, norm=self.norm, loss=self.loss,
                         clip=clip, targeted=self.targeted, training=training,
-                        random_start=True if self.random_start is None else self.random_start)
+                        random_start=True if self.random_start is None else self.random_start,
+                        target_rank=self.target_rank)
         if self.name == "square":
             return square(model, x, y, eps=eps, queries=self.steps, norm=self.norm, clip=clip,
                           targeted=self.targeted, training=training)

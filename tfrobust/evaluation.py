@@ -56,13 +56,13 @@ __all__ = [
 
 HELP = "accuracy under each attack and eps, worst case, and gradient-masking sanity checks"
 
-EVAL_ATTACKS = ("fgsm", "bim", "pgd", "cw", "apgd-ce", "apgd-dlr", "square", "autoattack")
+EVAL_ATTACKS = ("fgsm", "bim", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack")
 """Names ``evaluate`` accepts; ``autoattack`` stands for the :data:`AUTOATTACK` cascade."""
 AUTOATTACK = ("apgd-ce", "apgd-dlr", "square")
 """The AutoAttack-style cascade (Croce & Hein 2020, without FAB and APGD-T)."""
-_ITERATIVE = ("bim", "pgd", "cw", "apgd-ce", "apgd-dlr")
+_ITERATIVE = ("bim", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t")
 _BLACK_BOX = ("square",)
-_RANDOMISED = ("pgd", "apgd-ce", "apgd-dlr", "square")
+_RANDOMISED = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
 _TOL = 0.01  # accuracy tolerance for monotonicity checks (sampling noise of random starts)
 _SEED_SUBSET = 200  # examples rerun with seed + 1 for the seed-stability check
 _SEED_DEPENDENT_SHARE = 0.05  # share of seed-dependent examples the seed check tolerates
@@ -120,6 +120,16 @@ def _batches(n: int, batch_size: int):
 def _predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
     fn = tf.function(lambda t: tf.argmax(model(t, training=False), -1))
     return np.concatenate([fn(tf.constant(x[s])).numpy() for s in _batches(len(x), batch_size)])
+
+
+class _Silent:
+    """A progress bar that shows nothing (APGD-T advances the real one per target)."""
+
+    def update(self, n):
+        pass
+
+
+_SILENT = _Silent()
 
 
 def _correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
@@ -326,7 +336,10 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
 
 
 def _attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, apgd_steps: int,
-                   square_queries: int) -> AttackConfig:
+                   square_queries: int, apgd_targets: int = 9) -> AttackConfig | tuple[AttackConfig, ...]:
+    if name == "apgd-t":  # one APGD run per target class, each on the survivors of the last
+        return tuple(AttackConfig(name="apgd", eps=eps, steps=apgd_steps, norm=norm, target_rank=r)
+                     for r in range(2, 2 + apgd_targets))
     if name in ("apgd-ce", "apgd-dlr"):
         return AttackConfig(name="apgd", eps=eps, steps=apgd_steps, norm=norm, loss=name[5:])
     if name == "square":
@@ -336,11 +349,15 @@ def _attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, a
 
 
 def _attack_settings(name: str, *, norm: str, clip, steps: int, step, apgd_steps: int,
-                     square_queries: int, stages: list[str]) -> dict:
+                     square_queries: int, stages: list[str], apgd_targets: int = 9) -> dict:
     settings = {"norm": norm, "eps_scale": f"[{clip[0]:g},{clip[1]:g}]"}
     if name in ("apgd-ce", "apgd-dlr"):
         settings.update(steps=int(apgd_steps), loss=name[5:], initial_step="2*eps", alpha=0.75,
                         rho=0.75, random_start=True)
+    elif name == "apgd-t":
+        settings.update(steps=int(apgd_steps), loss="targeted dlr", targets=int(apgd_targets),
+                        target="classes ranked 2.. by the clean logits, one run each on the survivors",
+                        initial_step="2*eps", alpha=0.75, rho=0.75, random_start=True)
     elif name == "square":
         settings.update(queries=int(square_queries), p_init=0.8, loss="margin", black_box=True)
     elif name != "fgsm":
@@ -365,11 +382,21 @@ def _run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batc
     out: dict = {name: {} for name in order}
 
     def stage_fn(name, value, key):
-        cfg = make_config(name, value)
+        cfgs = make_config(name, value)
+        cfgs = cfgs if isinstance(cfgs, tuple) else (cfgs,)
 
         def stage(idx):
             bar.set_postfix_str(f"{name} eps={key}")
-            return _correct_under(clf, cfg, x[idx], y[idx], batch_size, clip, bar)
+            if len(cfgs) == 1:
+                return _correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar)
+            ok = np.ones(len(idx), bool)
+            for cfg in cfgs:  # APGD-T: one run per target, each on what the earlier ones left
+                sub = np.flatnonzero(ok)
+                if len(sub):
+                    ok[sub] = _correct_under(clf, cfg, x[idx[sub]], y[idx[sub]], batch_size, clip,
+                                             _SILENT)
+                bar.update(len(idx) / len(cfgs))
+            return ok
         return stage
 
     for key, value in eps_list:
@@ -407,6 +434,7 @@ def evaluate_model(
     cascade: bool = False,
     apgd_steps: int = 100,
     square_queries: int = 5000,
+    apgd_targets: int = 9,
 ) -> dict:
     """Accuracy of ``model`` under every attack at every eps (DESIGN §4 JSON).
 
@@ -432,6 +460,8 @@ def evaluate_model(
             its accuracy is the accuracy after it.
         apgd_steps: iterations of APGD-CE and APGD-DLR (published: 100).
         square_queries: query budget of Square (AutoAttack standard: 5000).
+        apgd_targets: target classes APGD-T tries per example, from the
+            runner-up down (AutoAttack standard: 9); capped at classes - 1.
 
     Returns:
         The evaluation dict.
@@ -447,6 +477,8 @@ def evaluate_model(
         raise ValueError(f"apgd_steps={apgd_steps} must be >= 1")
     if square_queries < 1:
         raise ValueError(f"square_queries={square_queries} must be >= 1")
+    if apgd_targets < 1:
+        raise ValueError(f"apgd_targets={apgd_targets} must be >= 1")
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as images, got {len(x)} images and {len(y)} labels")
     clf = _classifier(model)
@@ -456,10 +488,12 @@ def evaluate_model(
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
     n = len(x)
-    if "apgd-dlr" in order:
-        num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
-        if num_classes < 3:
-            raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
+    num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
+    if "apgd-dlr" in order and num_classes < 3:
+        raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
+    if "apgd-t" in order and num_classes < 4:
+        raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
+    apgd_targets = min(int(apgd_targets), num_classes - 1)
     clean_correct = _predict(clf, x, batch_size) == y
     result = {**(meta or {}), "n": int(n), "seed": int(seed),
               "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
@@ -470,7 +504,8 @@ def evaluate_model(
 
     def make_config(name, value):
         return _attack_config(name, value, steps=steps, step_size=step_for(name), norm=norm,
-                              apgd_steps=apgd_steps, square_queries=square_queries)
+                              apgd_steps=apgd_steps, square_queries=square_queries,
+                              apgd_targets=apgd_targets)
 
     m = min(n, _SEED_SUBSET)
     reruns = len([a for a in order if a in _RANDOMISED or (a in stages and set(stages) & set(_RANDOMISED))])
@@ -486,7 +521,7 @@ def evaluate_model(
             robust_all[key] &= runs[name][key][1]
         result["settings"][name] = _attack_settings(
             name, norm=norm, clip=clip, steps=steps, step=step_for(name), apgd_steps=apgd_steps,
-            square_queries=square_queries, stages=stages)
+            square_queries=square_queries, stages=stages, apgd_targets=apgd_targets)
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
 
     if sanity:
@@ -582,7 +617,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-size", type=float, default=None,
                         help="step of iterative attacks (default 2.5*eps/steps)")
     parser.add_argument("--apgd-steps", type=int, default=100,
-                        help="iterations of apgd-ce and apgd-dlr (default 100, as published)")
+                        help="iterations of apgd-ce, apgd-dlr and each apgd-t run (default 100, as published)")
+    parser.add_argument("--apgd-targets", type=int, default=9,
+                        help="target classes of apgd-t, from the runner-up down (default 9, as in AutoAttack)")
     parser.add_argument("--square-queries", type=int, default=5000,
                         help="query budget of square (default 5000, as in AutoAttack)")
     parser.add_argument("--norm", default="linf", choices=norms.NORMS)
@@ -600,7 +637,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--attacks: {name!r} is unknown; choose from {','.join(EVAL_ATTACKS)}")
     if not attack_names:
         raise ValueError(f"--attacks={args.attacks!r} names no attack")
-    for flag in ("steps", "apgd_steps", "square_queries"):
+    for flag in ("steps", "apgd_steps", "square_queries", "apgd_targets"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
     if args.norm != "linf" and any(a in ("square", "autoattack") for a in attack_names):
@@ -627,7 +664,7 @@ def run(args: argparse.Namespace) -> int:
                             step_size=args.step_size, norm=args.norm, batch_size=args.batch_size,
                             seed=args.seed, sanity=not args.no_sanity, cascade=args.cascade,
                             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
-                            meta={"model": str(args.model), "dataset": args.dataset,
+                            apgd_targets=args.apgd_targets, meta={"model": str(args.model), "dataset": args.dataset,
                                   "split": args.split})
     text = json.dumps(result, indent=1)
     if args.json:

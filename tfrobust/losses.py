@@ -16,6 +16,7 @@ __all__ = [
     "dlr_loss",
     "attack_loss",
     "ATTACK_LOSSES",
+    "dlr_targeted_loss",
     "least_likely",
     "check_logits",
 ]
@@ -71,6 +72,19 @@ def dlr_loss(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     top3 = tf.math.top_k(logits, k=3).values
     scale = top3[:, 0] - top3[:, 2] + tf.cast(1e-12, logits.dtype)
     return -decision_margin(logits, y) / scale
+
+
+def dlr_targeted_loss(logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Targeted DLR loss of Croce & Hein (2020) (APGD-T), to maximise.
+
+    ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2 + 1e-12)`` with ``t`` the
+    target class and ``z_(k)`` the k-th largest logit; needs at least 4 classes.
+    """
+    top4 = tf.math.top_k(logits, k=4).values
+    scale = top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + tf.cast(1e-12, logits.dtype)
+    z_y = tf.gather(logits, tf.cast(y, tf.int32), batch_dims=1)
+    z_t = tf.gather(logits, tf.cast(target, tf.int32), batch_dims=1)
+    return -(z_y - z_t) / scale
 
 
 def attack_loss(name: str):
