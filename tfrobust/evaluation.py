@@ -390,12 +390,12 @@ def _run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batc
             if len(cfgs) == 1:
                 return _correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar)
             ok = np.ones(len(idx), bool)
-            for cfg in cfgs:  # APGD-T: one run per target, each on what the earlier ones left
+            for i, cfg in enumerate(cfgs):  # APGD-T: one run per target, each on what the earlier ones left
                 sub = np.flatnonzero(ok)
                 if len(sub):
                     ok[sub] = _correct_under(clf, cfg, x[idx[sub]], y[idx[sub]], batch_size, clip,
                                              _SILENT)
-                bar.update(len(idx) / len(cfgs))
+                bar.update(len(idx) * (i + 1) // len(cfgs) - len(idx) * i // len(cfgs))
             return ok
         return stage
 
