@@ -41,6 +41,8 @@ from tfrobust.attacks import AttackConfig  # noqa: E402
 EPS = 0.3
 PGD10 = AttackConfig(name="pgd", eps=EPS, steps=10, step_size=2.5 * EPS / 10, random_start=True)
 KL10 = O.KLAttack(eps=EPS, steps=10, step_size=2.5 * EPS / 10)
+PGD40 = AttackConfig(name="pgd", eps=EPS, steps=40, step_size=0.01, random_start=True)  # Madry et al.
+PGD7 = AttackConfig(name="pgd", eps=EPS, steps=7, random_start=True)  # recipe mnist_pgd7_emr
 
 METHODS = {
     "natural": lambda: O.CrossEntropy(),
@@ -56,12 +58,16 @@ METHODS = {
     "pgd_at_10": lambda: O.AdversarialTraining(PGD10),
     "trades_10": lambda: O.Trades(beta=6.0, attack=KL10),
     "mart_10": lambda: O.Mart(beta=6.0, attack=PGD10),
+    # Table 1's compute comparison (issue #6): Madry's PGD-40 AT against PGD-7 AT + EMR.
+    "pgd_at_40": lambda: O.AdversarialTraining(PGD40),
+    "pgd7_at_emr": lambda: O.AdversarialTraining(PGD7) + O.EffectiveMargin(lam=3 / 128, temperature=40.0,
+                                                                           at=PGD7),
 }
-"""Method name -> objective. Attacks: 10 steps, eps 0.3, step 0.075 (L∞)."""
+"""Method name -> objective. Attacks: 10 steps, eps 0.3, step 0.075 (L∞), except the last two."""
 
 
-def build(objective_fn, init):
-    model = models.RobustModel(models.mnist_cnn(), objective_fn())
+def build(objective_fn, init, width=1.0):
+    model = models.RobustModel(models.mnist_cnn(width=width), objective_fn())
     model.classifier.set_weights(init)
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     return model
@@ -72,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--width", type=float, default=1.0, help="CNN width multiplier (1: the paper's)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
@@ -86,12 +93,12 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(size=(args.batch, 28, 28, 1)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, args.batch).astype("int32"))
-    init = models.mnist_cnn().get_weights()
+    init = models.mnist_cnn(width=args.width).get_weights()
 
     trained = {}
     for name in args.methods:
         t = time.perf_counter()
-        trained[name] = build(METHODS[name], init)
+        trained[name] = build(METHODS[name], init, args.width)
         for _ in range(args.warmup):
             trained[name].train_on_batch(x, y)
         print(f"warm-up {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -112,13 +119,14 @@ def main(argv=None) -> int:
               for n in args.methods}
     command = "python benchmarks/step_time.py " + " ".join(
         [f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--batch {args.batch}"]
+        + ([f"--width {args.width:g}"] if args.width != 1.0 else [])
         + ([f"--threads {args.threads}"] if args.threads else [])
         + ([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
         + [f"--out {args.out}"])
     result = {
         "hardware": hardware(),
-        "model": "tfrobust.models.mnist_cnn() (conv5x5-32, pool, conv5x5-64, pool, dense 1024, dense 10), "
-                 "synthetic 28x28x1 uniform inputs",
+        "model": f"tfrobust.models.mnist_cnn(width={args.width:g}) (at width 1: conv5x5-32, pool, "
+                 "conv5x5-64, pool, dense 1024, dense 10), synthetic 28x28x1 uniform inputs",
         "batch": args.batch,
         "command": command,
         "median_seconds": {n: round(v, 5) for n, v in median.items()},
@@ -132,7 +140,8 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "settings": {"attacks": "10 steps, eps 0.3, step 0.075, linf; PGD/MART random start, "
-                                "TRADES 0.001*N(0,1) start",
+                                "TRADES 0.001*N(0,1) start; pgd_at_40: 40 steps of 0.01; pgd7_at_emr: "
+                                "7 steps of 2.5*0.3/7 with EMR at the same point",
                      "jacobian": "c=0.638, l2, h=0.01 for finite differences",
                      "input_gradient": "c=10, l2_squared",
                      "emr": "lam=3/128, T=40, at clean, inference-mode forward "
