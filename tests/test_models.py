@@ -97,17 +97,18 @@ def test_compiled_loss_and_probability_classifiers_are_rejected():
         models.RobustModel(probs)
 
 
-def _one_step(objective_name, strategy, x, y, init):
+def _one_step(objective_name, strategy, x, y, init, **kwargs):
     with strategy.scope():
-        model = models.RobustModel(tiny_cnn(), OBJECTIVES[objective_name]())
+        model = models.RobustModel(tiny_cnn(), OBJECTIVES[objective_name](), **kwargs)
         model.classifier.set_weights(init)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return model.classifier.get_weights()
 
 
-@pytest.mark.parametrize("objective_name", sorted(OBJECTIVES))
-def test_mirrored_step_equals_single_device_step(objective_name, monkeypatch):
+@pytest.mark.parametrize("objective_name,kwargs", [(name, {}) for name in sorted(OBJECTIVES)]
+                         + [("pgd_at", {"eps_warmup_steps": 4})])
+def test_mirrored_step_equals_single_device_step(objective_name, kwargs, monkeypatch):
     """DESIGN §3.5: weights after one SGD step on 2 logical CPUs equal the 1-device result."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) >= 2, "conftest should create two logical CPU devices"
@@ -116,8 +117,8 @@ def test_mirrored_step_equals_single_device_step(objective_name, monkeypatch):
                         tf.zeros(shape, dtype))
     x, y = data(8)
     init = tiny_cnn().get_weights()
-    single = _one_step(objective_name, tf.distribute.OneDeviceStrategy(devices[0]), x, y, init)
-    mirrored = _one_step(objective_name, tf.distribute.MirroredStrategy(devices[:2]), x, y, init)
+    single = _one_step(objective_name, tf.distribute.OneDeviceStrategy(devices[0]), x, y, init, **kwargs)
+    mirrored = _one_step(objective_name, tf.distribute.MirroredStrategy(devices[:2]), x, y, init, **kwargs)
     moved = max(np.abs(a - b).max() for a, b in zip(single, init))
     assert moved > 1e-3
     for a, b in zip(single, mirrored):
