@@ -43,6 +43,16 @@ def test_table1_driver_writes_the_issue_schema(tmp_path):
     assert third["models"]["natural"]["train_settings"]["epochs"] == 2
     assert third["models"]["decision_jacobian"] == again["models"]["decision_jacobian"]
     assert "--recipe-epochs natural=2 --recipes natural,decision_jacobian" in third["command"]
+    # A crash in a new recipe leaves every finished row in the table, also those after it.
+    def crash(*args):
+        raise RuntimeError("killed")
+
+    module.run_one = crash
+    with pytest.raises(RuntimeError, match="killed"):
+        module.main(["--out", str(tmp_path), "--recipes", "adv_train", "--epochs", "1",
+                     "--n-train", "256", "--width", "0.25", "--n-test", "40", "--n-strong", "20",
+                     "--apgd-steps", "5", "--square-queries", "20", "--recipe-epochs", "natural=2"])
+    assert json.loads((tmp_path / "table1.json").read_text())["models"] == third["models"]
     with pytest.raises(SystemExit):
         module.main(["--out", str(tmp_path), "--recipe-epochs", "pgd_at=0"])
     md = (tmp_path / "table1.md").read_text()

@@ -193,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python training/reproduce_table1.py " + " ".join(shlex.quote(a) for a in flags)
     table = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                          f"{platform.platform()}",
-             "command": command, "settings": settings, "models": {}}
+             "command": command, "settings": settings,
+             "models": {k: rows[k] for k in keys if k in rows}}  # every finished row, at every write
     for key in keys:
         if key in rows:
             print(f"{key}: kept from {out / 'table1.json'} (same settings)", flush=True)
-            table["models"][key] = rows[key]
-        else:
-            table["models"][key] = run_one(key, args, x_test, y_test)
+            continue
+        table["models"][key] = run_one(key, args, x_test, y_test)
+        table["models"] = {k: table["models"][k] for k in keys if k in table["models"]}
         training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
+    training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
     training.atomic_write_text(out / "table1.md", markdown(table))
     plot(table, out / "table1.png")
     print(markdown(table))
