@@ -6,9 +6,14 @@ strong cascade (APGD-CE -> APGD-DLR -> Square) on the first ``--n-strong``
 test images, then writes ``table1.json`` (issue #6 schema), ``table1.md`` and
 ``table1.png`` beside the paper's numbers.
 
-Full run (belongs on a GPU; PGD-40 training costs about 20 min per epoch on 2 CPU cores)::
+Full run (a GPU job: on 2 CPU cores PGD-40 AT took 6-8 min per epoch at half width)::
 
     python training/reproduce_table1.py --out training/results
+
+The committed CPU run (half width, fewer epochs for the two PGD recipes)::
+
+    python training/reproduce_table1.py --out training/results --width 0.5 --square-queries 1000 \\
+        --recipe-epochs pgd_at=3,best_combination=6
 
 Quick CPU smoke run::
 
