@@ -59,14 +59,20 @@ def _check_number(name: str, value, *, positive: bool = False, integer: bool = F
         raise ValueError(f"{name}={value!r} must be {'positive' if positive else 'non-negative'}")
 
 
-def scale_radius(value: float, scale: float | tf.Tensor) -> float | tf.Tensor:
-    """``value * scale``, with ``scale`` a number in [0, 1] or a scalar tensor (not checked)."""
+def scale_radius(eps: float, step_size: float, scale: float | tf.Tensor | None) -> tuple:
+    """``(eps * scale, step_size * scale)`` for an eps warm-up; ``scale=None`` leaves both.
+
+    ``scale`` is a number in [0, 1] or a scalar tensor (not checked).
+    """
+    if scale is None:
+        return eps, step_size
     if isinstance(scale, tf.Tensor):
-        return tf.cast(scale, tf.float32) * value
+        scale = tf.cast(scale, tf.float32)
+        return scale * eps, scale * step_size
     _check_number("eps_scale", scale)
     if scale > 1:
         raise ValueError(f"eps_scale={scale!r} must be in [0, 1]")
-    return value * float(scale)
+    return eps * float(scale), step_size * float(scale)
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -726,9 +732,7 @@ class AttackConfig:
         ``eps_scale`` (a scalar, possibly a tensor) multiplies ``eps`` and the
         step size: training uses it to ramp the threat radius up (eps warm-up).
         """
-        eps, step_size = self.eps, self.resolved_step_size
-        if eps_scale is not None:
-            eps, step_size = scale_radius(eps, eps_scale), scale_radius(step_size, eps_scale)
+        eps, step_size = scale_radius(self.eps, self.resolved_step_size, eps_scale)
         if self.name == "fgsm":
             return fgsm(model, x, y, eps=eps, norm=self.norm, clip=clip, loss=self.loss,
                         targeted=self.targeted, training=training)

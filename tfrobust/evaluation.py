@@ -664,8 +664,8 @@ def run(args: argparse.Namespace) -> int:
                             step_size=args.step_size, norm=args.norm, batch_size=args.batch_size,
                             seed=args.seed, sanity=not args.no_sanity, cascade=args.cascade,
                             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
-                            apgd_targets=args.apgd_targets, meta={"model": str(args.model), "dataset": args.dataset,
-                                  "split": args.split})
+                            apgd_targets=args.apgd_targets,
+                            meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
     text = json.dumps(result, indent=1)
     if args.json:
         from tfrobust.training import atomic_write_text

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses
+from tfrobust.attacks import _check_number
 from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objective
 
 __all__ = [
@@ -65,9 +66,7 @@ class RobustModel(keras.Model):
         self.objective = as_objective(objective)
         self.clip = tuple(float(c) for c in clip) if clip is not None else None
         self.attack_training = bool(attack_training)
-        if isinstance(eps_warmup_steps, bool) or int(eps_warmup_steps) != eps_warmup_steps \
-                or eps_warmup_steps < 0:
-            raise ValueError(f"eps_warmup_steps={eps_warmup_steps!r} must be a non-negative integer")
+        _check_number("eps_warmup_steps", eps_warmup_steps, integer=True)
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built

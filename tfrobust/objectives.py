@@ -746,9 +746,7 @@ class KLAttack:
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
                  eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
         """Runs the attack on a batch (``y`` is not used); ``eps_scale`` as in AttackConfig."""
-        eps, step_size = self.eps, self.resolved_step_size
-        if eps_scale is not None:
-            eps, step_size = scale_radius(eps, eps_scale), scale_radius(step_size, eps_scale)
+        eps, step_size = scale_radius(self.eps, self.resolved_step_size, eps_scale)
         return kl_pgd(model, x, eps=eps, steps=self.steps, step_size=step_size,
                       norm=self.norm, init_std=self.init_std, clip=clip, training=training)
 

@@ -330,6 +330,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     if n_train:
         x_train, y_train = x_train[:int(n_train)], y_train[:int(n_train)]
 
+    batch = int(settings["batch_size"])
+    steps_per_epoch = -(-len(x_train) // batch)
     dist = build_strategy(strategy)
     ckpt = out / "checkpoints" / "last.keras"
     state_path = out / "checkpoints" / "state.json"
@@ -349,14 +351,12 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
                            or data.dataset_info(config["dataset"])["num_classes"])
             classifier = models.build_classifier(spec.pop("name"), x_train.shape[1:],
                                                  int(num_classes), **spec)
-            steps_per_epoch = -(-len(x_train) // int(settings["batch_size"]))
             model = models.RobustModel(
                 classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
                 eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)))
             model.compile(optimizer=_optimizer(settings), metrics=["accuracy"])
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    batch = int(settings["batch_size"])
     train_ds = epoch_batches(x_train, y_train, batch, seed=int(settings["seed"]),
                              first_epoch=initial_epoch, epochs=int(settings["epochs"]))
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
@@ -377,7 +377,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             surface_eps=monitor.get("surface_eps")))
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
-                  steps_per_epoch=-(-len(x_train) // batch),
+                  steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if chief:
         _atomic_save_model(model, out / "model.keras")
