@@ -50,6 +50,8 @@ OBJECTIVES = {
                                                at=O.KLAttack(eps=0.1, steps=2, step_size=0.05))),
     "mart": lambda: O.Mart(beta=6.0, attack=PGD),
     "mart_emr": lambda: O.Mart(beta=6.0, attack=PGD) + O.EffectiveMargin(lam=0.5, at=PGD),
+    "jacobian_curvature": lambda: (O.CrossEntropy() + O.DecisionJacobian(c=0.5)
+                                   + O.DecisionCurvature(c=0.5, h=0.1)),
     "jacobian_emr": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5) + O.EffectiveMargin(lam=0.5),
 }
 

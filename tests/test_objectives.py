@@ -58,7 +58,8 @@ def _penalty(model, term, x, y):
 
 @pytest.mark.parametrize("term", [O.DecisionJacobian(c=2.0, norm="l2"),
                                   O.DecisionJacobian(c=2.0, norm="l2_squared"),
-                                  O.InputGradient(c=2.0)])
+                                  O.DecisionJacobian(c=2.0),  # the dual of L∞: l1
+                                  O.InputGradient(c=2.0, norm="l2_squared")])
 def test_penalty_and_weight_gradient_match_float64_finite_differences(term):
     model = tanh_net()
     rng = np.random.default_rng(2)
@@ -72,7 +73,8 @@ def test_penalty_and_weight_gradient_match_float64_finite_differences(term):
     for i in range(D):
         e = np.zeros(D); e[i] = h
         grads[:, i] = (f(model(x + e), y).numpy() - f(model(x - e), y).numpy()) / (2 * h)
-    r = np.sqrt((grads ** 2).sum(1) + 1e-12) if term.norm == "l2" else (grads ** 2).sum(1)
+    r = {"l2": np.sqrt((grads ** 2).sum(1) + 1e-12), "l2_squared": (grads ** 2).sum(1),
+         "l1": np.abs(grads).sum(1)}[term.norm]
     np.testing.assert_allclose(_penalty(model, term, x, y).numpy(), 2.0 * r.mean(), rtol=1e-6)
 
     # 2. Its gradient w.r.t. the weights (double backprop) against central differences.

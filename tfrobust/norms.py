@@ -14,6 +14,7 @@ __all__ = [
     "NORMS",
     "validate_norm",
     "per_example_norm",
+    "dual_of",
     "dual_norm",
     "steepest_step",
     "project",
@@ -59,14 +60,23 @@ def per_example_norm(t: tf.Tensor, norm: str) -> tf.Tensor:
     raise ValueError(f"norm={norm!r} is not supported; choose one of ('l1', 'l2', 'linf')")
 
 
+def dual_of(norm: str) -> str:
+    """Name of the dual norm of the threat ``norm``: ``"l1"`` for L∞, ``"l2"`` for L2.
+
+    Raises:
+        ValueError: if ``norm`` is not a threat norm.
+    """
+    validate_norm(norm)
+    return "l1" if norm == "linf" else "l2"
+
+
 def dual_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
     """Dual norm of ``grad`` for the threat ``norm`` (L1 for L∞, L2 for L2).
 
     For a locally linear function f, ``f(x + δ) - f(x) ≈ ∇f·δ`` is at most
     ``eps * dual_norm(∇f)`` over the eps ball of ``norm``.
     """
-    validate_norm(norm)
-    return per_example_norm(grad, "l1" if norm == "linf" else "l2")
+    return per_example_norm(grad, dual_of(norm))
 
 
 def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:

@@ -1,0 +1,213 @@
+"""Sweep of the decision-Jacobian recipe (issue #10), chosen on validation data only.
+
+Each run trains CE + DecisionJacobian (+ DecisionCurvature) on MNIST's first
+55,000 training images and evaluates it with the paper's attacks (FGSM, BIM and
+C&W: 10 iterations of step 0.1, eps 0.1/0.2/0.3) on the 5,000 held-out training
+images: the test set is never looked at. Every run writes its own JSON
+(command, commit, hardware, wall times) as soon as it finishes, so a stopped
+sweep loses at most the run in flight, and a rerun skips finished runs.
+
+A run is ``key=value`` pairs joined by commas::
+
+    python training/jacobian_study.py --out training/results/jacobian_study \\
+        --run c=0.01,k=0.3,h=0.1,width=0.5,epochs=10 --run c=0.01,width=0.5,epochs=10
+    python training/jacobian_study.py --out training/results/jacobian_study --plot
+
+Keys: ``norm`` (penalty norm, default the dual of L∞: l1), ``c`` (Jacobian
+coefficient), ``k`` (curvature coefficient; 0 = no curvature term), ``h``
+(curvature step), ``width``, ``epochs``, ``n_train`` (first N of the 55,000),
+``lr``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULTS = {"norm": "l1", "c": 0.01, "k": 0.0, "h": 0.1, "width": 0.5, "epochs": 10, "n_train": 0,
+            "lr": 1e-3, "seed": 0}
+N_VAL = 5000
+EPS = ("0.1", "0.2", "0.3")
+PAPER_ATTACKS = ("fgsm", "bim", "cw")
+
+
+def parse_run(text: str) -> dict:
+    """``"c=0.01,k=0.3"`` -> the full settings dict (defaults filled in).
+
+    Raises:
+        argparse.ArgumentTypeError: naming an unknown key or a bad value.
+    """
+    run = dict(DEFAULTS)
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise argparse.ArgumentTypeError(f"run key {key!r} is unknown; choose from {sorted(DEFAULTS)}")
+        try:
+            run[key] = type(DEFAULTS[key])(value) if key != "norm" else value
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"run {key}={value!r} is not a {type(DEFAULTS[key]).__name__}")
+    return run
+
+
+def run_name(run: dict) -> str:
+    """A file name that spells the settings, e.g. ``l1_c0.01_k0.3_h0.1_w0.5_e10``."""
+    name = f"{run['norm']}_c{run['c']:g}"
+    if run["k"]:
+        name += f"_k{run['k']:g}_h{run['h']:g}"
+    name += f"_w{run['width']:g}_e{run['epochs']}"
+    for key in ("n_train", "lr", "seed"):
+        if run[key] != DEFAULTS[key]:
+            name += f"_{key}{run[key]:g}"
+    return name
+
+
+def recipe(run: dict) -> dict:
+    """The training recipe of one run (a dict for :func:`tfrobust.training.train`)."""
+    objective = [{"type": "cross_entropy"}, {"type": "decision_jacobian", "c": run["c"], "norm": run["norm"]}]
+    if run["k"]:
+        objective.append({"type": "decision_curvature", "c": run["k"], "h": run["h"]})
+    return {"name": run_name(run), "dataset": "mnist", "model": {"name": "mnist_cnn", "width": run["width"]},
+            "objective": objective,
+            "train": {"epochs": run["epochs"], "batch_size": 128, "optimizer": "adam",
+                      "learning_rate": run["lr"], "validation_n": N_VAL, "n_train": run["n_train"] or None,
+                      "seed": run["seed"]}}
+
+
+def commit() -> str:
+    """The commit the code under this script is at (with ``+dirty`` if changed)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--", "../tfrobust", ".") else "")
+
+
+def hardware() -> str:
+    """CPU model and visible cores (the study's runs are CPU runs unless a GPU is listed)."""
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    from _common import hardware as bench_hardware
+    return bench_hardware()
+
+
+def cells_vs_paper(result: dict) -> int:
+    """How many of the 9 Table-1 cells reach the paper's decision-Jacobian row."""
+    from tfrobust.quickstart import PAPER_TABLE1
+    paper = PAPER_TABLE1["decision_jacobian"]
+    return sum(result["attacks"][a][e] >= paper[a][e] for a in PAPER_ATTACKS for e in EPS)
+
+
+def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
+    """Trains and evaluates one run; writes and returns its JSON."""
+    from tfrobust import data, evaluation, training
+
+    name = run_name(run)
+    start = time.time()
+    model = training.train(recipe(run), out / "runs" / name, verbose=2)
+    train_seconds = time.time() - start
+    x, y = data.load("mnist", "train")
+    x_val, y_val = x[len(x) - N_VAL:][:n_eval], y[len(y) - N_VAL:][:n_eval]
+    result = evaluation.evaluate_model(model, x_val, y_val, attacks=PAPER_ATTACKS, eps=",".join(EPS),
+                                       steps=10, step_size=0.1, sanity=False, progress=False,
+                                       meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
+    row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": commit(),
+           "hardware": hardware(), "train_seconds": round(train_seconds, 1),
+           "eval_seconds": round(time.time() - start - train_seconds, 1),
+           "history": json.loads((out / "runs" / name / "history.json").read_text()),
+           "validation": result, "cells_vs_paper_on_validation": cells_vs_paper(result)}
+    training.atomic_write_text(out / f"{name}.json", json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def load_rows(out: Path) -> list[dict]:
+    """Every finished run's JSON in ``out``."""
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "summary.json"]
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown: one line per run, validation accuracy %."""
+    head = ("| run | clean | " + " | ".join(f"{a.upper()} {e}" for a in PAPER_ATTACKS for e in EPS)
+            + " | cells ≥ paper | train s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: r["run"]):
+        v = r["validation"]
+        lines.append(f"| {r['run']} | {100 * v['clean_accuracy']:.1f} | "
+                     + " | ".join(f"{100 * v['attacks'][a][e]:.1f}" for a in PAPER_ATTACKS for e in EPS)
+                     + f" | {r['cells_vs_paper_on_validation']} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(rows: list[dict], path: Path) -> None:
+    """Clean vs worst case over the paper's attacks at eps 0.2 and 0.3, with the paper's point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tfrobust.quickstart import PAPER_TABLE1
+    paper = PAPER_TABLE1["decision_jacobian"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, eps in zip(axes, ("0.2", "0.3")):
+        for r in rows:
+            v = r["validation"]
+            curv = bool(r["settings"]["k"])
+            ax.scatter(v["worst_case"][eps], v["clean_accuracy"], marker="s" if curv else "o",
+                       color="tab:red" if curv else "tab:blue", s=18 + 2 * r["settings"]["epochs"])
+            ax.annotate(r["run"], (v["worst_case"][eps], v["clean_accuracy"]), fontsize=5,
+                        xytext=(3, 2), textcoords="offset points")
+        ax.scatter(min(paper[a][eps] for a in PAPER_ATTACKS), paper["clean"], marker="*", s=160,
+                   color="black", label="paper (test set, min over its attacks)")
+        ax.scatter([], [], marker="o", color="tab:blue", label="Jacobian only")
+        ax.scatter([], [], marker="s", color="tab:red", label="Jacobian + curvature")
+        ax.set_xlabel(f"worst case over FGSM/BIM/C&W at eps {eps} (validation)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("clean accuracy (validation)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Decision-Jacobian sweep: the clean/robust trade-off (marker size: epochs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="training/results/jacobian_study")
+    parser.add_argument("--run", type=parse_run, action="append", default=[], help="one run, key=value,...")
+    parser.add_argument("--n-eval", type=int, default=2000, help="validation images for the attacks")
+    parser.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default)")
+    parser.add_argument("--plot", action="store_true", help="(re)write summary.md and frontier.png")
+    args = parser.parse_args(argv)
+    if not 1 <= args.n_eval <= N_VAL:
+        parser.error(f"--n-eval={args.n_eval} must be in [1, {N_VAL}]")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    for run in args.run:
+        name = run_name(run)
+        if (out / f"{name}.json").exists():
+            print(f"{name}: done already ({out / f'{name}.json'})", flush=True)
+            continue
+        command = (f"python training/jacobian_study.py --out {shlex.quote(str(args.out))} --n-eval {args.n_eval} "
+                   f"--run {','.join(f'{k}={v}' for k, v in run.items())}")
+        row = run_one(run, out, args.n_eval, command)
+        print(f"{name}: {row['cells_vs_paper_on_validation']}/9 cells, train {row['train_seconds']:.0f} s",
+              flush=True)
+    rows = load_rows(out)
+    if rows and (args.plot or args.run):
+        (out / "summary.md").write_text(summary_table(rows))
+        plot_frontier(rows, out / "frontier.png")
+        print(summary_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
