@@ -13,7 +13,7 @@
 * :mod:`~tfrobust.analysis.linalg` — matrix-free Lanczos and power iteration.
 
 The command-line verbs ``tfrobust surface`` and ``tfrobust indicator`` live in
-``surface_cli`` and ``indicator_cli``.
+:mod:`tfrobust.cli.surface` and :mod:`tfrobust.cli.indicator`.
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ __all__ = ["main", "VERBS", "CliError"]
 
 # verb -> module; a verb is listed only if its module exists.
 VERBS: dict[str, str] = {
-    "quickstart": "tfrobust.quickstart",
-    "train": "tfrobust.training",
-    "evaluate": "tfrobust.evaluation",
-    "export": "tfrobust.export",
-    "serve": "tfrobust.server",
-    "surface": "tfrobust.analysis.surface_cli",
-    "indicator": "tfrobust.analysis.indicator_cli",
+    "quickstart": "tfrobust.cli.quickstart",
+    "train": "tfrobust.cli.train",
+    "evaluate": "tfrobust.cli.evaluate",
+    "export": "tfrobust.cli.export",
+    "serve": "tfrobust.cli.serve",
+    "surface": "tfrobust.cli.surface",
+    "indicator": "tfrobust.cli.indicator",
 }
 
 

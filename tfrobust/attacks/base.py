@@ -1,0 +1,101 @@
+"""Argument checks, labels, clipping and radius scaling shared by every attack."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import tensorflow as tf
+
+from tfrobust import losses
+
+__all__ = [
+    "scale_radius",
+    "default_step_size",
+    "resolve_labels",
+]
+
+
+def _check_number(name: str, value, *, positive: bool = False, integer: bool = False) -> None:
+    if isinstance(value, tf.Tensor):
+        return
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a non-negative integer")
+        return
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
+        raise ValueError(f"{name}={value!r} must be a number")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}={value!r} must be {'positive' if positive else 'non-negative'}")
+
+
+def scale_radius(eps: float, step_size: float, scale: float | tf.Tensor | None) -> tuple:
+    """``(eps * scale, step_size * scale)`` for an eps warm-up; ``scale=None`` leaves both.
+
+    ``scale`` is a number in [0, 1] or a scalar tensor (not checked).
+    """
+    if scale is None:
+        return eps, step_size
+    if isinstance(scale, tf.Tensor):
+        scale = tf.cast(scale, tf.float32)
+        return scale * eps, scale * step_size
+    _check_number("eps_scale", scale)
+    if scale > 1:
+        raise ValueError(f"eps_scale={scale!r} must be in [0, 1]")
+    return eps * float(scale), step_size * float(scale)
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s step for an iterative attack: ``2.5 * eps / steps``."""
+    return 2.5 * float(eps) / max(int(steps), 1)
+
+
+def _check_clip(clip) -> None:
+    if clip is None:
+        return
+    try:
+        lo, hi = clip
+    except (TypeError, ValueError):
+        raise ValueError(f"clip={clip!r} must be a pair (low, high) or None") from None
+    if not lo < hi:
+        raise ValueError(f"clip={clip!r} must have low < high")
+
+
+def _check_model(model) -> None:
+    if isinstance(model, tf.Module) or hasattr(model, "layers"):
+        losses.check_logits(model, name=getattr(model, "name", "model"))
+
+
+def resolve_labels(model: Callable, x: tf.Tensor, y, *, targeted: bool, training: bool = False):
+    """Integer labels for an attack: ``y`` as given, else the prediction.
+
+    One-hot ``y`` is reduced by argmax. With ``y=None`` an untargeted attack
+    uses the model's predicted class and a targeted one the least-likely class.
+    """
+    if y is None:
+        logits = tf.stop_gradient(model(x, training=training))
+        if tf.executing_eagerly():
+            losses.check_logits(logits)
+        return losses.least_likely(logits) if targeted else tf.argmax(logits, -1, output_type=tf.int32)
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank == 2:
+        y = tf.argmax(y, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(y, [-1]), tf.int32)
+
+
+def _clip(x: tf.Tensor, clip) -> tf.Tensor:
+    if clip is None:
+        return x
+    return tf.clip_by_value(x, tf.cast(clip[0], x.dtype), tf.cast(clip[1], x.dtype))
+
+
+def _check_static_int(name: str, value) -> None:
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        raise ValueError(f"{name} must be a Python int (it fixes the schedule when the graph is built)")
+    _check_number(name, value, integer=True)
+
+
+def _check_fraction(name: str, value) -> None:
+    _check_number(name, value)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r} must be in [0, 1]")

@@ -1,0 +1,213 @@
+"""The score-based black-box Square attack (Andriushchenko et al. 2020), L∞."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+from tfrobust import losses, norms
+from tfrobust.attacks.base import (_check_clip, _check_fraction, _check_model, _check_number,
+                                   _check_static_int, _clip, resolve_labels)
+
+__all__ = [
+    "square",
+    "square_p_schedule",
+]
+
+
+_SQUARE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_p_schedule(p_init, i, queries) -> tf.Tensor:
+    """Fraction of pixels the Square attack changes at iteration ``i`` of ``queries``.
+
+    The published L∞ schedule, written for 10,000 queries and rescaled to the
+    budget: with ``it = floor(10000 * i / queries)``, ``p_init`` is halved
+    after ``it`` = 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000.
+
+    Args:
+        p_init: initial fraction.
+        i: iteration index (0-based; Python int or integer tensor).
+        queries: the query budget.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    it = (tf.cast(i, tf.int64) * 10000) // tf.maximum(tf.cast(queries, tf.int64), 1)
+    halvings = tf.reduce_sum(tf.cast(it > tf.constant(_SQUARE_BOUNDS, tf.int64), tf.int32))
+    return tf.cast(p_init, tf.float32) / tf.pow(2.0, tf.cast(halvings, tf.float32))
+
+
+def _image_view(x: tf.Tensor) -> tuple[int, int, int]:
+    """Static ``(height, width, channels)`` of inputs viewed as NHWC images.
+
+    Rank 2 ``[batch, d]`` is one row of ``d`` pixels, rank 3 is single-channel.
+    """
+    dims = x.shape[1:]
+    if not dims.is_fully_defined():
+        raise ValueError(f"square needs inputs of fully known shape, got {x.shape}")
+    dims = dims.as_list()
+    if len(dims) == 1:
+        return 1, dims[0], 1
+    if len(dims) == 2:
+        return dims[0], dims[1], 1
+    if len(dims) == 3:
+        return dims[0], dims[1], dims[2]
+    raise ValueError(f"square supports inputs of rank 2 to 4, got shape {x.shape}")
+
+
+def square(
+    model: Callable,
+    x,
+    y=None,
+    *,
+    eps: float,
+    queries: int = 5000,
+    p_init: float = 0.8,
+    norm: str = "linf",
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    targeted: bool = False,
+    training: bool = False,
+    seed: int | tf.Tensor | None = None,
+    retries: int = 10,
+) -> tf.Tensor:
+    """Square attack, L∞ (Andriushchenko et al. 2020): score-based random search.
+
+    Uses only the model's logits, never its gradient. Starts from vertical
+    stripes (one random ``±eps`` per column and channel), then each query
+    proposes to overwrite one random square window with one random ``±eps``
+    per channel (a proposal that would leave the point unchanged is redrawn, up
+    to ``retries`` times) and keeps it only if the margin
+    ``z_y - max_{i≠y} z_i`` decreases. The window covers a fraction
+    :func:`square_p_schedule` of the pixels (side at least 1 and below the
+    image side). An example stops once misclassified; the loop stops once all
+    are. ``queries`` counts the start point, as the paper does.
+
+    Inputs are viewed as NHWC images (rank 2 as one row of pixels, where the
+    window is an interval). ``p_init=0.8`` is AutoAttack's setting for robust
+    models; the paper uses 0.05 on undefended ImageNet models.
+
+    Args:
+        model: callable mapping inputs to logits, called as ``model(x, training=...)``.
+        x: batch of inputs.
+        y: integer or one-hot labels; ``None`` uses the prediction (least-likely class if ``targeted``).
+        eps: L∞ radius, in input units.
+        queries: query budget per example (forward passes, including the start), a Python int.
+        p_init: initial fraction of pixels per window.
+        norm: only ``"linf"``.
+        clip: valid input range ``(low, high)``, or ``None``.
+        targeted: reach class ``y`` (minimises ``max_{i≠y} z_i - z_y``).
+        training: the ``training`` flag passed to the model.
+        seed: integer (or integer scalar tensor) seed of the stateless random
+            draws; ``None`` draws one from TF's global generator.
+        retries: redraws of a proposal that would not change the point.
+
+    Returns:
+        Adversarial inputs, same shape and dtype as ``x``, without gradient.
+
+    Raises:
+        ValueError: on a bad argument (named in the message) or a model that
+            outputs probabilities.
+    """
+    _check_number("eps", eps)
+    _check_static_int("queries", queries)
+    _check_fraction("p_init", p_init)
+    _check_number("retries", retries, integer=True)
+    _check_clip(clip)
+    norms.validate_norm(norm)
+    if norm != "linf":
+        raise ValueError(f"norm={norm!r}: square supports only 'linf'")
+    _check_model(model)
+
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    x = tf.stop_gradient(x)
+    dtype = x.dtype
+    if int(queries) == 0:
+        return tf.stop_gradient(_clip(x, clip))
+    labels = resolve_labels(model, x, y, targeted=targeted, training=training)
+    height, width, channels = _image_view(x)
+    shape = tf.shape(x)
+    x4 = tf.reshape(x, [-1, height, width, channels])
+    batch = tf.shape(x4)[0]
+    eps_t = tf.cast(eps, dtype)
+
+    if seed is None:
+        base = tf.random.uniform([2], 0, 2 ** 31 - 1, dtype=tf.int64)
+    else:
+        base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
+
+    def draw(key, i, j, draw_shape, maxval):
+        s = base
+        for data in (key, i, j):
+            s = tf.random.experimental.stateless_fold_in(s, tf.cast(data, tf.int64))
+        return tf.random.stateless_uniform(draw_shape, seed=s, minval=0, maxval=maxval, dtype=tf.int32)
+
+    def signs(key, i, j, draw_shape):
+        return tf.cast(2 * draw(key, i, j, draw_shape, 2) - 1, dtype)
+
+    def query(z4):
+        """Margin to minimise and success, per example."""
+        logits = model(tf.reshape(z4, shape), training=training)
+        margin = tf.cast(losses.decision_margin(logits, labels), dtype)
+        pred = tf.argmax(logits, -1, output_type=tf.int32)
+        if targeted:
+            return -margin, tf.equal(pred, labels)
+        return margin, tf.not_equal(pred, labels)
+
+    # Vertical stripes: one sign per column and channel, the same down each column.
+    x_best = _clip(x4 + eps_t * signs(0, 0, 0, [batch, 1, width, channels]), clip)
+    m_best, fooled = query(x_best)
+
+    one_d = min(height, width) == 1
+    length = max(height, width)
+    side_max = max((length if one_d else min(height, width)) - 1, 1)
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+
+    def window_side(i):
+        p = tf.cast(square_p_schedule(p_init, i, queries), tf.float64)
+        area = p * length if one_d else tf.sqrt(p * height * width)
+        return tf.clip_by_value(tf.cast(tf.round(area), tf.int32), 1, side_max)
+
+    def body(i, x_best, m_best, fooled):
+        side = window_side(i)
+        side_h = 1 if height == 1 else side
+        side_w = 1 if width == 1 else side
+        top = draw(1, i, 0, [batch, 1, 1], height - side_h + 1)
+        left = draw(2, i, 0, [batch, 1, 1], width - side_w + 1)
+        mask = ((rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w))[..., None]
+        delta = x_best - x4
+
+        def propose(s):
+            return _clip(x4 + tf.where(mask, eps_t * s, delta), clip)
+
+        def unchanged(candidate):
+            return tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])
+
+        def redraw(j, s):
+            again = unchanged(propose(s))[:, None, None, None]
+            return j + 1, tf.where(again, signs(3, i, j, [batch, 1, 1, channels]), s)
+
+        s0 = signs(3, i, 0, [batch, 1, 1, channels])
+        _, s = tf.while_loop(
+            lambda j, s: tf.logical_and(j <= retries, tf.reduce_any(unchanged(propose(s)))),
+            redraw, (tf.constant(1), s0))
+        x_new = propose(s)
+        m_new, success = query(x_new)
+        accept = tf.logical_and(m_new < m_best, tf.logical_not(fooled))
+        x_best = tf.where(accept[:, None, None, None], x_new, x_best)
+        m_best = tf.where(accept, m_new, m_best)
+        fooled = tf.logical_or(fooled, tf.logical_and(accept, success))
+        # Keep the static batch size (masks drawn with a dynamic batch lose it, which
+        # tf.while_loop rejects when the batch is known, e.g. one example left).
+        return (i + 1, tf.ensure_shape(x_best, static[0]), tf.ensure_shape(m_best, static[1]),
+                tf.ensure_shape(fooled, static[2]))
+
+    static = (x_best.shape, m_best.shape, fooled.shape)
+    _, x_best, _, _ = tf.while_loop(
+        lambda i, xb, mb, f: tf.logical_and(i < queries - 1, tf.logical_not(tf.reduce_all(f))),
+        body, (tf.constant(0), x_best, m_best, fooled))
+    return tf.stop_gradient(tf.reshape(x_best, shape))

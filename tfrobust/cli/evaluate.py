@@ -1,0 +1,95 @@
+"""``tfrobust evaluate``: accuracy under each attack and eps, worst case, sanity checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tfrobust import data, norms
+from tfrobust.evaluation import EVAL_ATTACKS, evaluate_model, format_table, load_model, parse_eps_list
+from tfrobust.evaluation.cascade import _classifier
+
+__all__ = [
+    "HELP",
+    "add_arguments",
+    "run",
+]
+
+
+HELP = "accuracy under each attack and eps, worst case, and gradient-masking sanity checks"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tfrobust evaluate`` (DESIGN §4)."""
+    parser.add_argument("--model", required=True, help="a .keras model")
+    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
+    parser.add_argument("--split", default="test", help="train or test (default test)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="first N examples (default: 1000, or the whole split if smaller)")
+    parser.add_argument("--attacks", default="fgsm,bim,cw",
+                        help=f"comma-separated, from {','.join(EVAL_ATTACKS)} (default fgsm,bim,cw); "
+                             "autoattack = the cascade apgd-ce -> apgd-dlr -> square")
+    parser.add_argument("--cascade", action="store_true",
+                        help="run the attack list as one cascade: each attack sees only the examples "
+                             "the earlier ones did not break")
+    parser.add_argument("--eps", default="0.1,0.2,0.3", help="comma-separated eps, e.g. 0.1,8/255")
+    parser.add_argument("--steps", type=int, default=10, help="iterations of bim, pgd and cw")
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="step of iterative attacks (default 2.5*eps/steps)")
+    parser.add_argument("--apgd-steps", type=int, default=100,
+                        help="iterations of apgd-ce, apgd-dlr and each apgd-t run (default 100, as published)")
+    parser.add_argument("--apgd-targets", type=int, default=9,
+                        help="target classes of apgd-t, from the runner-up down (default 9, as in AutoAttack)")
+    parser.add_argument("--square-queries", type=int, default=5000,
+                        help="query budget of square (default 5000, as in AutoAttack)")
+    parser.add_argument("--norm", default="linf", choices=norms.NORMS)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+    parser.add_argument("--json", default=None, help="write the result here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``tfrobust evaluate``."""
+    attack_names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    for name in attack_names:
+        if name not in EVAL_ATTACKS:
+            raise ValueError(f"--attacks: {name!r} is unknown; choose from {','.join(EVAL_ATTACKS)}")
+    if not attack_names:
+        raise ValueError(f"--attacks={args.attacks!r} names no attack")
+    for flag in ("steps", "apgd_steps", "square_queries", "apgd_targets"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
+    if args.norm != "linf" and any(a in ("square", "autoattack") for a in attack_names):
+        raise ValueError(f"--norm={args.norm}: square (also in autoattack) supports only linf")
+    eps_list = parse_eps_list(args.eps)
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n={args.n} must be >= 1")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
+    if args.step_size is not None and not args.step_size > 0:
+        raise ValueError(f"--step-size={args.step_size} must be > 0")
+    model = load_model(args.model)
+    x, y = data.load(args.dataset, args.split, args.n)
+    if args.n is None:
+        x, y = x[:1000], y[:1000]
+    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    clf = _classifier(model)
+    if expected is None and getattr(clf, "inputs", None):
+        expected = tuple(clf.inputs[0].shape[1:])
+    if expected is not None and tuple(x.shape[1:]) != expected:
+        raise ValueError(f"--dataset {args.dataset!r} has images of shape {x.shape[1:]}, "
+                         f"but the model expects {expected}")
+    result = evaluate_model(model, x, y, attacks=attack_names, eps=eps_list, steps=args.steps,
+                            step_size=args.step_size, norm=args.norm, batch_size=args.batch_size,
+                            seed=args.seed, sanity=not args.no_sanity, cascade=args.cascade,
+                            apgd_steps=args.apgd_steps, square_queries=args.square_queries,
+                            apgd_targets=args.apgd_targets,
+                            meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
+    text = json.dumps(result, indent=1)
+    if args.json:
+        from tfrobust.training import atomic_write_text
+        atomic_write_text(Path(args.json), text + "\n")
+    print(format_table(result))
+    return 0

@@ -1,0 +1,213 @@
+"""The evaluation of one model: :func:`evaluate_model` and its JSON report (DESIGN §4)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tfrobust import losses, norms
+from tfrobust.attacks import AttackConfig
+from tfrobust.evaluation.cascade import (_RANDOMISED, _attack_config, _attack_settings, _classifier,
+                                         _correct_under, _predict, _run_attacks, expand_attacks)
+from tfrobust.evaluation.sanity import _SEED_SUBSET, _black_box_gain, _gradient_stats, _seed_check, sanity_checks
+
+__all__ = [
+    "evaluate_model",
+    "load_model",
+    "parse_eps_list",
+    "format_table",
+]
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a ``.keras`` model (plain or :class:`~tfrobust.models.RobustModel`).
+
+    Raises:
+        FileNotFoundError: naming the path.
+    """
+    import tfrobust.models  # noqa: F401  (registers RobustModel and the objectives)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {str(path)!r} does not exist")
+    return keras.models.load_model(path, compile=False)
+
+
+def parse_eps_list(text: str | Sequence) -> list[tuple[str, float]]:
+    """Parses ``"0.1,0.2,8/255"`` into ``[("0.1", 0.1), ...]``, keeping the text as written.
+
+    Raises:
+        ValueError: naming a bad or negative eps.
+    """
+    items = text.split(",") if isinstance(text, str) else [str(t) for t in text]
+    out = []
+    for item in items:
+        item = item.strip()
+        try:
+            if "/" in item:
+                num, den = item.split("/")
+                value = float(num) / float(den)
+            else:
+                value = float(item)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"eps {item!r} is not a number") from None
+        if not value >= 0 or math.isinf(value):
+            raise ValueError(f"eps {item!r} must be a finite number >= 0")
+        out.append((item, value))
+    if not out:
+        raise ValueError("eps list is empty")
+    return out
+
+
+def evaluate_model(
+    model: keras.Model | Callable,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    attacks: Sequence[str] = ("fgsm", "bim", "cw"),
+    eps: Sequence[tuple[str, float]] | str = "0.1,0.2,0.3",
+    steps: int = 10,
+    step_size: float | dict[str, float | None] | None = None,
+    norm: str = "linf",
+    clip: tuple[float, float] = (0.0, 1.0),
+    batch_size: int = 250,
+    seed: int = 0,
+    sanity: bool = True,
+    progress: bool = True,
+    meta: dict | None = None,
+    cascade: bool = False,
+    apgd_steps: int = 100,
+    square_queries: int = 5000,
+    apgd_targets: int = 9,
+) -> dict:
+    """Accuracy of ``model`` under every attack at every eps (DESIGN §4 JSON).
+
+    Args:
+        model: a Keras classifier returning logits (a RobustModel is unwrapped).
+        x, y: images in ``clip`` range and integer labels.
+        attacks: names from :data:`EVAL_ATTACKS`; ``autoattack`` is the
+            APGD-CE → APGD-DLR → Square cascade (see :func:`expand_attacks`).
+        eps: ``[(text, value), ...]`` or a comma-separated string.
+        steps: iterations of BIM, PGD and C&W.
+        step_size: their step; ``None`` means ``2.5 * eps / steps``; a dict gives
+            one per attack name (missing names get ``None``).
+        norm: threat norm (Square needs ``"linf"``).
+        clip: valid input range.
+        batch_size: examples per attack batch.
+        seed: seeds TF's random generator (random starts, Square's search).
+        sanity: run the gradient-masking checks (adds an unbounded PGD run and a
+            rerun of the randomised attacks with ``seed + 1`` on up to 200 examples).
+        progress: show a progress bar.
+        meta: extra top-level fields (model path, dataset, split).
+        cascade: run the whole attack list as one cascade, in order: each
+            attack only sees the examples the earlier ones did not break, and
+            its accuracy is the accuracy after it.
+        apgd_steps: iterations of APGD-CE and APGD-DLR (published: 100).
+        square_queries: query budget of Square (AutoAttack standard: 5000).
+        apgd_targets: target classes APGD-T tries per example, from the
+            runner-up down (AutoAttack standard: 9); capped at classes - 1.
+
+    Returns:
+        The evaluation dict.
+    """
+    eps_list = parse_eps_list(eps) if isinstance(eps, str) else list(eps)
+    order, stages = expand_attacks(list(attacks), cascade)
+    norms.validate_norm(norm)
+    if "square" in order and norm != "linf":
+        raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if apgd_steps < 1:
+        raise ValueError(f"apgd_steps={apgd_steps} must be >= 1")
+    if square_queries < 1:
+        raise ValueError(f"square_queries={square_queries} must be >= 1")
+    if apgd_targets < 1:
+        raise ValueError(f"apgd_targets={apgd_targets} must be >= 1")
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"need as many labels as images, got {len(x)} images and {len(y)} labels")
+    clf = _classifier(model)
+    losses.check_logits(clf, name="model")
+    tf.random.set_seed(seed)
+    start = time.time()
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int64)
+    n = len(x)
+    num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
+    if "apgd-dlr" in order and num_classes < 3:
+        raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
+    if "apgd-t" in order and num_classes < 4:
+        raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
+    apgd_targets = min(int(apgd_targets), num_classes - 1)
+    clean_correct = _predict(clf, x, batch_size) == y
+    result = {**(meta or {}), "n": int(n), "seed": int(seed),
+              "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
+              "settings": {}}
+
+    def step_for(name):
+        return step_size.get(name) if isinstance(step_size, dict) else step_size
+
+    def make_config(name, value):
+        return _attack_config(name, value, steps=steps, step_size=step_for(name), norm=norm,
+                              apgd_steps=apgd_steps, square_queries=square_queries,
+                              apgd_targets=apgd_targets)
+
+    m = min(n, _SEED_SUBSET)
+    reruns = len([a for a in order if a in _RANDOMISED or (a in stages and set(stages) & set(_RANDOMISED))])
+    total = len(order) * len(eps_list) * n + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0)
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    runs = _run_attacks(clf, x, y, clean_correct, order, stages, eps_list, make_config,
+                        batch_size=batch_size, clip=clip, bar=bar)
+    robust_all = {key: clean_correct.copy() for key, _ in eps_list}
+    for name in order:
+        result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
+        for key, _ in eps_list:
+            robust_all[key] &= runs[name][key][1]
+        result["settings"][name] = _attack_settings(
+            name, norm=norm, clip=clip, steps=steps, step=step_for(name), apgd_steps=apgd_steps,
+            square_queries=square_queries, stages=stages, apgd_targets=apgd_targets)
+    result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
+
+    if sanity:
+        gain = _black_box_gain(runs, order, eps_list) if "square" in order else None
+        seed_check = _seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
+                                 make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
+                                 batch_size=batch_size, clip=clip, bar=bar)
+        m_unb = min(n, 500)
+        width = float(clip[1] - clip[0])
+        unbounded = AttackConfig(name="pgd", eps=width, steps=max(steps, 20), step_size=width / 10,
+                                 norm="linf", loss="cw")
+        bar.set_postfix_str("sanity: unbounded pgd")
+        unbounded_acc = float(_correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
+                                             bar).mean())
+        stats = _gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
+        bar.update(m_unb)
+        result["sanity"] = sanity_checks(result, dict(eps_list), grad_stats=stats,
+                                         unbounded_accuracy=unbounded_acc,
+                                         num_classes=int(stats["logits"].shape[-1]),
+                                         black_box_gain=gain, seed_check=seed_check)
+    bar.close()
+    result["seconds"] = round(time.time() - start, 2)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of an evaluation result."""
+    keys = list(result["worst_case"])
+    lines = [f"clean accuracy {result['clean_accuracy']:.3f} on n={result['n']}",
+             "attack      " + "".join(f"{k:>9}" for k in keys)]
+    for name, table in list(result["attacks"].items()) + [("worst case", result["worst_case"])]:
+        lines.append(f"{name:<12}" + "".join(f"{table[k]:>9.3f}" for k in keys))
+    if "sanity" in result:
+        lines.append("sanity: " + ("passed" if result["sanity"]["passed"] else "FAILED"))
+        for c in result["sanity"]["checks"]:
+            lines.append(f"  [{'ok' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""What one training step knows: the :class:`StepContext` and its cached forward passes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+from tfrobust.attacks import AttackConfig
+
+__all__ = [
+    "CLEAN",
+    "StepContext",
+]
+
+
+CLEAN = "clean"
+"""Key of the clean input in a :class:`StepContext`."""
+
+
+
+class StepContext:
+    """What one training or test step knows: model, batch, and cached points.
+
+    Args:
+        model: the classifier, mapping inputs to logits.
+        x: the input batch.
+        y: integer (or one-hot) labels.
+        training: the ``training`` flag for forward passes in the loss.
+        clip: valid input range for attacks.
+        attack_training: the ``training`` flag while generating attacks.
+        eps_scale: multiplies every attack's radius and step (eps warm-up);
+            ``None`` attacks at the configured radius.
+    """
+
+    def __init__(self, model: Callable, x, y, *, training: bool, clip=(0.0, 1.0),
+                 attack_training: bool = False, eps_scale: tf.Tensor | float | None = None):
+        self.model = model
+        self.x = tf.convert_to_tensor(x)
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank == 2 and y.shape[-1] != 1:
+            y = tf.argmax(y, axis=-1)
+        self.y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        self.training = training
+        self.clip = clip
+        self.attack_training = attack_training
+        self.eps_scale = eps_scale
+        self._points: dict = {CLEAN: self.x}
+        self._forward: dict = {}
+        self._gradients: dict = {}
+
+    @staticmethod
+    def key(point: str | AttackConfig):
+        """Hashable key of a point: ``"clean"`` or an attack config."""
+        return point
+
+    def prepare(self, objective) -> None:
+        """Generates every adversarial point the objective needs (outside any weight tape)."""
+        for attack in objective.attacks():
+            if attack not in self._points:
+                self._points[attack] = attack(self.model, self.x, self.y, clip=self.clip,
+                                              training=self.attack_training, eps_scale=self.eps_scale)
+
+    def point(self, point: str | AttackConfig) -> tf.Tensor:
+        """The input at ``point``."""
+        if point not in self._points:
+            raise KeyError(f"point {point!r} was not prepared; call prepare() first")
+        return self._points[point]
+
+    def _forward_key(self, point, training: bool | None):
+        # The step's own flag keys by the point alone (what cached_logits reads);
+        # an explicit other flag gets its own forward pass, keyed (point, flag).
+        if training is None or (isinstance(self.training, bool) and bool(training) == self.training):
+            return point
+        return (point, bool(training))
+
+    def logits(self, point: str | AttackConfig = CLEAN, training: bool | None = None) -> tf.Tensor:
+        """Logits at ``point``, computed once and recorded for input gradients.
+
+        Args:
+            point: ``"clean"`` or a prepared attack config.
+            training: the model's ``training`` flag for this forward pass;
+                ``None`` uses the step's flag. Each (point, flag) pair is
+                computed once per step.
+        """
+        key = self._forward_key(point, training)
+        if key not in self._forward:
+            xp = self.point(point)
+            tape = tf.GradientTape(persistent=True)
+            with tape:
+                tape.watch(xp)
+                logits = self.model(xp, training=self.training if training is None else training)
+            self._forward[key] = (logits, tape)
+        return self._forward[key][0]
+
+    def input_gradient(self, point: str | AttackConfig,
+                       fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                       training: bool | None = None) -> tf.Tensor:
+        """Gradient of ``sum(fn(logits, y))`` with respect to the input at ``point``.
+
+        Per example, provided the model does not couple examples (no batch
+        statistics). Differentiable with respect to the weights (double backprop).
+        ``training`` selects the forward pass as in :meth:`logits`. Computed
+        once per step for each (point, flag, ``fn``), so terms sharing ``fn``
+        share the gradient.
+        """
+        logits = self.logits(point, training)
+        key = (self._forward_key(point, training), fn)
+        if key not in self._gradients:
+            tape = self._forward[key[0]][1]
+            with tape:
+                value = tf.reduce_sum(fn(logits, self.y))
+            self._gradients[key] = tape.gradient(value, self.point(point))
+        return self._gradients[key]
+
+    def cached_logits(self, point: str | AttackConfig = CLEAN) -> tf.Tensor | None:
+        """Logits at ``point`` if a term already computed them, else ``None``."""
+        entry = self._forward.get(point)
+        return None if entry is None else entry[0]

@@ -1,0 +1,386 @@
+"""SavedModel export for TF Serving: ``serving_default`` and ``robustness``.
+
+The export writes TF Serving's layout, ``BASE/<version>/saved_model.pb`` plus
+``variables/``, with two signatures built by ``keras.export.ExportArchive``
+(DESIGN §3.7, §4):
+
+* ``serving_default``: ``logits`` and ``probabilities``;
+* ``robustness``: ``logits``, ``probabilities``, ``predicted_class``,
+  ``margin`` (top-1 minus top-2 logit), ``grad_norm`` (dual norm of the
+  margin's input gradient for the threat norm chosen at export time) and
+  ``effective_margin`` (``margin / grad_norm``: a first-order estimate of the
+  distance to the decision boundary, in input units).
+
+Both take one float32 tensor named ``inputs`` of shape ``[None, H, W, C]``.
+A version appears atomically: it is written to a hidden temporary folder
+inside ``BASE`` (TF Serving ignores names that are not integers), flushed to
+disk and renamed, so a file-system watcher never sees half a version.
+A small JSON description of the export (norm, shapes, versions of the
+libraries) is written to ``assets.extra/tfrobust.json``, which TF Serving
+ignores.
+
+Example::
+
+    model = keras.models.load_model("runs/mnist/model.keras")
+    version_dir = export_saved_model(model, "serving/models/tfrobust", norm="linf")
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfrobust import losses, norms
+
+__all__ = [
+    "INPUT_NAME",
+    "SERVING_OUTPUTS",
+    "ROBUSTNESS_OUTPUTS",
+    "SIGNATURES",
+    "METADATA_PATH",
+    "serving_outputs",
+    "robustness_outputs",
+    "list_versions",
+    "next_version",
+    "infer_input_shape",
+    "load_keras_model",
+    "export_saved_model",
+    "clean_stale_temporaries",
+]
+
+
+INPUT_NAME = "inputs"
+"""Name of the single input of both signatures."""
+
+SERVING_OUTPUTS = ("logits", "probabilities")
+"""Outputs of ``serving_default``."""
+
+ROBUSTNESS_OUTPUTS = (
+    "logits", "probabilities", "predicted_class", "margin", "grad_norm", "effective_margin")
+"""Outputs of ``robustness`` (DESIGN §4)."""
+
+SIGNATURES = ("serving_default", "robustness")
+"""Signature names, in registration order (plain prediction first, DESIGN §3.7)."""
+
+METADATA_PATH = "assets.extra/tfrobust.json"
+"""Export description inside a version folder (TF Serving ignores it)."""
+
+_TMP_PREFIX = ".tmp-export-"
+_TMP_RE = re.compile(r"^\.tmp-export-v\d+-pid(\d+)-")
+_TINY = 1e-12
+
+
+# -- the signatures' maths (pure TF) -------------------------------------------
+
+
+def _logits(model: Callable, x: tf.Tensor) -> tf.Tensor:
+    return tf.cast(model(x, training=False), tf.float32)
+
+
+def serving_outputs(model: Callable, x: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Outputs of the ``serving_default`` signature.
+
+    Args:
+        model: a Keras classifier returning logits ``[batch, classes]``.
+        x: float32 inputs ``[batch, H, W, C]``.
+
+    Returns:
+        ``{"logits": [batch, classes], "probabilities": [batch, classes]}``.
+    """
+    logits = _logits(model, x)
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+
+def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2") -> dict[str, tf.Tensor]:
+    """Outputs of the ``robustness`` signature, one value per example.
+
+    The margin is ``top2_margin`` of the logits (the decision margin of the
+    predicted class). Its input gradient is taken for the *sum* of the
+    per-example margins, which equals the per-example gradient because the
+    model runs in inference mode (no coupling between examples).
+
+    Args:
+        model: a Keras classifier returning logits ``[batch, classes]``.
+        x: inputs ``[batch, ...]``.
+        norm: threat norm; ``grad_norm`` is its dual norm (L1 for ``"linf"``,
+            L2 for ``"l2"``).
+
+    Returns:
+        A dict with float32 ``logits``, ``probabilities`` ``[batch, classes]``,
+        int64 ``predicted_class`` and float32 ``margin``, ``grad_norm``,
+        ``effective_margin`` ``[batch]``. ``effective_margin`` divides by
+        ``max(grad_norm, 1e-12)``, so a flat model gives a large finite value.
+
+    Raises:
+        ValueError: for an unsupported ``norm``.
+    """
+    norms.validate_norm(norm)
+    x = tf.convert_to_tensor(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = _logits(model, x)
+        margin = losses.top2_margin(logits)
+    grad = tape.gradient(margin, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grad_norm = norms.dual_norm(grad, norm)
+    return {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits, axis=-1),
+        "predicted_class": tf.argmax(logits, axis=-1, output_type=tf.int64),
+        "margin": margin,
+        "grad_norm": grad_norm,
+        "effective_margin": margin / tf.maximum(grad_norm, _TINY),
+    }
+
+
+# -- versions and folders ---------------------------------------------------------
+
+
+def list_versions(base_path: str | os.PathLike) -> list[int]:
+    """Versions under ``base_path``: sub-folders named by a non-negative integer, sorted.
+
+    Temporary export folders (hidden, non-integer names) are not versions,
+    neither for this function nor for TF Serving.
+    """
+    base = Path(base_path)
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        if child.name.isdigit() and child.is_dir():
+            found.append(int(child.name))
+    return sorted(found)
+
+
+def next_version(base_path: str | os.PathLike) -> int:
+    """One more than the newest version under ``base_path`` (1 for an empty base)."""
+    versions = list_versions(base_path)
+    return versions[-1] + 1 if versions else 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(base_path: str | os.PathLike) -> list[str]:
+    """Removes temporary export folders left by exports that died (their process is gone).
+
+    Returns:
+        The removed paths.
+    """
+    base = Path(base_path)
+    removed = []
+    if not base.is_dir():
+        return removed
+    for child in base.iterdir():
+        m = _TMP_RE.match(child.name)
+        if m and child.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(str(child))
+    return removed
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flushes every file and folder under ``root`` to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- models ------------------------------------------------------------------------
+
+
+def _shape_tail(shape) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    dims = tuple(shape)[1:]
+    if not dims or any(d is None for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def infer_input_shape(model: keras.Model) -> tuple[int, ...]:
+    """The per-example input shape ``(H, W, C)`` of a built Keras classifier.
+
+    Looks at ``model.inputs`` (Functional and Sequential models), then at a
+    wrapped ``classifier`` attribute (e.g. :class:`tfrobust.models.RobustModel`),
+    then at nested models.
+
+    Raises:
+        ValueError: if the shape is unknown or not fully defined; pass
+            ``input_shape`` to :func:`export_saved_model` then.
+    """
+    candidates = [model, getattr(model, "classifier", None)]
+    candidates += [layer for layer in getattr(model, "layers", []) if isinstance(layer, keras.Model)]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        try:
+            inputs = candidate.inputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if inputs and len(inputs) == 1:
+            tail = _shape_tail(inputs[0].shape)
+            if tail:
+                return tail
+    raise ValueError(
+        f"cannot infer the input shape of model {getattr(model, 'name', model)!r}; "
+        "pass input_shape=(H, W, C) (CLI: --input-shape H,W,C)")
+
+
+def load_keras_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a ``.keras`` classifier, plain or wrapped in ``tfrobust.models.RobustModel``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it is not a loadable Keras model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {str(path)!r} does not exist")
+    try:
+        import tfrobust.models  # noqa: F401  (registers RobustModel for deserialisation)
+    except ImportError:  # pragma: no cover - models module not available
+        pass
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # zip, HDF5, deserialisation errors of every kind
+        raise ValueError(f"model {str(path)!r} could not be loaded: {err}") from err
+
+
+def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, norm: str,
+              version: int) -> dict:
+    import tfrobust
+
+    return {
+        "format": 1,
+        "version": version,
+        "model_name": getattr(model, "name", None),
+        "norm": norm,
+        "dual_norm": "l1" if norm == "linf" else "l2",
+        "input_name": INPUT_NAME,
+        "input_shape": [None, *input_shape],
+        "input_dtype": "float32",
+        "num_classes": num_classes,
+        "signatures": {"serving_default": list(SERVING_OUTPUTS),
+                       "robustness": list(ROBUSTNESS_OUTPUTS)},
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tfrobust_version": tfrobust.__version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def export_saved_model(
+    model: keras.Model,
+    base_path: str | os.PathLike,
+    *,
+    version: int | None = None,
+    norm: str = "l2",
+    input_shape: Sequence[int] | None = None,
+) -> str:
+    """Exports ``model`` as ``base_path/<version>/`` for TF Serving, atomically.
+
+    Args:
+        model: a built Keras classifier returning logits (plain or a
+            ``RobustModel``).
+        base_path: TF Serving's model base path; created if missing.
+        version: the version number; defaults to the next integer.
+        norm: threat norm of the ``robustness`` signature (``"linf"`` or ``"l2"``).
+        input_shape: per-example input shape ``(H, W, C)``; inferred when omitted.
+
+    Returns:
+        The version folder, ``base_path/<version>``.
+
+    Raises:
+        ValueError: bad norm, version, shape, a model that outputs
+            probabilities, or a version that already exists.
+    """
+    norms.validate_norm(norm)
+    losses.check_logits(model, name=f"model {getattr(model, 'name', '')!r}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or version < 0):
+        raise ValueError(f"version={version!r} must be a non-negative integer")
+    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+        raise ValueError(f"input_shape={shape!r} must be positive integers, e.g. (28, 28, 1)")
+
+    spec = tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)
+    probe = model(tf.zeros([1, *shape], tf.float32), training=False)
+    if probe.shape.rank != 2:
+        raise ValueError(f"the model must return logits [batch, classes]; got shape {probe.shape}")
+    num_classes = int(probe.shape[-1])
+    if num_classes < 2:
+        raise ValueError("the model must have at least 2 classes (top-2 margin)")
+
+    base = Path(base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(base)
+    version = next_version(base) if version is None else version
+    final = base / str(version)
+    if final.exists():
+        raise ValueError(f"version {version} already exists at {str(final)!r}; choose another --version")
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
+    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm), [spec])
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        meta = tmp / METADATA_PATH
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version), indent=2))
+        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as err:
+            raise ValueError(f"version {version} appeared at {str(final)!r} while exporting") from err
+        _fsync_dir(base)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(final)
+
+
+# -- command line ------------------------------------------------------------------
