@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware, write_result  # noqa: E402
+from common import hardware, write_result  # noqa: E402
 
 from tfrobust import attacks, data, models  # noqa: E402
 

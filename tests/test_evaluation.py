@@ -179,14 +179,14 @@ def test_run_cascade_attacks_only_the_survivors():
 def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
     model, x, y = trained_linear(n=200)
     calls = []
-    original = cascade._correct_under
+    original = cascade.correct_under
 
     def recording(clf, config, xb, yb, *args):
         out = original(clf, config, xb, yb, *args)
         calls.append((config.name, config.loss, config.eps, len(xb), out))
         return out
 
-    monkeypatch.setattr(cascade, "_correct_under", recording)
+    monkeypatch.setattr(cascade, "correct_under", recording)
     res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "autoattack"], eps="0.05,0.1",
                                     apgd_steps=10, square_queries=100, sanity=False, progress=False)
     assert list(res["attacks"]) == ["fgsm", "apgd-ce", "apgd-dlr", "square"]
@@ -306,14 +306,14 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
     model.layers[-1].set_weights([w * 5, np.zeros(5, "float32")])
     calls = []
-    original = cascade._correct_under
+    original = cascade.correct_under
 
     def recording(clf, config, xb, yb, *args):
         out = original(clf, config, xb, yb, *args)
         calls.append((config.target_rank, len(xb), out))
         return out
 
-    monkeypatch.setattr(cascade, "_correct_under", recording)
+    monkeypatch.setattr(cascade, "correct_under", recording)
     res = evaluation.evaluate_model(model, x, y, attacks=["apgd-ce", "apgd-t"], cascade=True, eps="0.05",
                                     apgd_steps=10, apgd_targets=3, sanity=False, progress=False)
     alive = np.asarray(calls[0][2])  # after APGD-CE (clean accuracy is 1 on this model)

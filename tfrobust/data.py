@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import socket
 import struct
 import urllib.parse
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from tfrobust.utils import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -535,8 +536,8 @@ def _populate_download_cache(name: str, data_dir: str, files: Mapping[str, bytes
         if basename not in files:
             raise DatasetUnavailableError(f"No local file for {url} (expected one named {basename})")
         dest = dl_dir / resource.get_dl_fname(url, info.checksum)
-        _atomic_write(dest, files[basename])
-        _atomic_write(Path(os.fspath(resource.get_info_path(dest))), b"{}")
+        atomic_write(dest, files[basename])
+        atomic_write(Path(os.fspath(resource.get_info_path(dest))), b"{}")
 
 
 def _read_tfds_split(builder, split: str) -> Arrays:
@@ -585,19 +586,6 @@ def _unshuffle(stored: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _atomic_write(dest: Path, content: bytes | Path) -> None:
-    """Writes bytes (or copies a file) to ``dest`` through a temporary file and ``os.replace``."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        if isinstance(content, bytes):
-            tmp.write_bytes(content)
-        else:
-            shutil.copyfile(content, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_cache(path: Path, count: int, shape: tuple[int, ...]) -> Arrays | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from tfrobust import data, evaluation, models, training
+from tfrobust import data, evaluation, models, utils
 from tfrobust import objectives as O
 
 __all__ = ["PAPER_TABLE1", "quickstart", "plot_report", "serve_and_score",
@@ -96,7 +96,7 @@ def quickstart(out_dir: str | Path, *, n_train: int = 60000, n_test: int = 1000,
     report["serving"] = serve_and_score(out / "decision_jacobian.keras", out / "serving", x_test[:8],
                                         y_test[:8])
     report["seconds"] = round(time.time() - start, 1)
-    training.atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    utils.atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     plot_report(report, out / "quickstart.png")
     return report
 

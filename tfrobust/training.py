@@ -34,6 +34,7 @@ import tensorflow as tf
 import yaml
 
 from tfrobust import data, models
+from tfrobust.utils import atomic_write_text
 from tfrobust import objectives as objectives_module
 from tfrobust.attacks import AttackConfig
 from tfrobust.callbacks import RobustnessMonitor
@@ -63,7 +64,7 @@ _DEFAULT_TRAIN = {
     "seed": 0,
     "eps_warmup_epochs": 0,
 }
-_STRATEGIES = ("none", "mirrored", "multiworker")
+STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 def config_dirs() -> list[Path]:
@@ -195,7 +196,7 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy {name!r} is unknown; choose one of {_STRATEGIES}")
+    raise ValueError(f"strategy {name!r} is unknown; choose one of {STRATEGIES}")
 
 
 def _optimizer(settings: dict) -> keras.optimizers.Optimizer:
@@ -209,18 +210,6 @@ def _optimizer(settings: dict) -> keras.optimizers.Optimizer:
     raise ValueError(f"optimizer {name!r} is unknown; choose 'adam' or 'sgd'")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_save_model(model: keras.Model, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +218,7 @@ def _atomic_save_model(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _is_chief() -> bool:
+def is_chief() -> bool:
     cfg = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     task = cfg.get("task", {})
     return task.get("type", "chief") == "chief" or (
@@ -311,7 +300,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
         settings["epochs"] = int(epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chief = _is_chief()
+    chief = is_chief()
     keras.utils.set_random_seed(int(settings["seed"]))
 
     x_train, y_train = _load_split(config, "train", None)

@@ -89,13 +89,6 @@ def commit() -> str:
     return head + ("+dirty" if git("status", "--porcelain", "--", "../tfrobust", ".") else "")
 
 
-def hardware() -> str:
-    """CPU model and visible cores (the study's runs are CPU runs unless a GPU is listed)."""
-    sys.path.insert(0, str(HERE.parent / "benchmarks"))
-    from _common import hardware as bench_hardware
-    return bench_hardware()
-
-
 def cells_vs_paper(result: dict) -> int:
     """How many of the 9 Table-1 cells reach the paper's decision-Jacobian row."""
     from tfrobust.quickstart import PAPER_TABLE1
@@ -105,7 +98,7 @@ def cells_vs_paper(result: dict) -> int:
 
 def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
     """Trains and evaluates one run; writes and returns its JSON."""
-    from tfrobust import data, evaluation, training
+    from tfrobust import data, evaluation, training, utils
 
     name = run_name(run)
     start = time.time()
@@ -117,11 +110,11 @@ def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
                                        steps=10, step_size=0.1, sanity=False, progress=False,
                                        meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
     row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": commit(),
-           "hardware": hardware(), "train_seconds": round(train_seconds, 1),
+           "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),
            "eval_seconds": round(time.time() - start - train_seconds, 1),
            "history": json.loads((out / "runs" / name / "history.json").read_text()),
            "validation": result, "cells_vs_paper_on_validation": cells_vs_paper(result)}
-    training.atomic_write_text(out / f"{name}.json", json.dumps(row, indent=1) + "\n")
+    utils.atomic_write_text(out / f"{name}.json", json.dumps(row, indent=1) + "\n")
     return row
 
 

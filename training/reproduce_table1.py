@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfrobust import data, evaluation, training
+from tfrobust import data, evaluation, training, utils
 from tfrobust.quickstart import PAPER_TABLE1
 
 RECIPES = {
@@ -196,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         flags += ["--recipe-epochs", ",".join(f"{k}={e}" for k, e in special.items())]
     flags += ["--recipes", ",".join(keys)]
     command = "python training/reproduce_table1.py " + " ".join(shlex.quote(a) for a in flags)
-    table = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                         f"{platform.platform()}",
+    table = {"hardware": utils.hardware(),
              "command": command, "settings": settings,
              "models": {k: rows[k] for k in keys if k in rows}}  # every finished row, at every write
     for key in keys:
@@ -206,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         table["models"][key] = run_one(key, args, x_test, y_test)
         table["models"] = {k: table["models"][k] for k in keys if k in table["models"]}
-        training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
-    training.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
-    training.atomic_write_text(out / "table1.md", markdown(table))
+        utils.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
+    utils.atomic_write_text(out / "table1.json", json.dumps(table, indent=1) + "\n")
+    utils.atomic_write_text(out / "table1.md", markdown(table))
     plot(table, out / "table1.png")
     print(markdown(table))
     print(f"reproduce with: {command}")

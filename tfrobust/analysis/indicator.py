@@ -30,8 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses
-from tfrobust.analysis import _common, linalg
+from tfrobust.analysis import linalg
 from tfrobust.analysis.margins import decision_and_gradient, normalised_margin, summarize
+from tfrobust import utils
+from tfrobust.models import unwrap
+from tfrobust.attacks import resolve_labels
 
 __all__ = [
     "HESSIAN_OF",
@@ -54,7 +57,7 @@ HESSIAN_METHODS = ("lanczos", "power")
 
 def decision_jacobian(model, x, y) -> tf.Tensor:
     """The input gradient (Jacobian row) of the decision function ``d``, per example."""
-    return decision_and_gradient(_common.as_classifier(model), x, tf.cast(tf.reshape(y, [-1]), tf.int32))[1]
+    return decision_and_gradient(unwrap(model), x, tf.cast(tf.reshape(y, [-1]), tf.int32))[1]
 
 
 def jacobian_statistics(jac: tf.Tensor, *, threshold: float = 1e-3, relative: bool = False) -> dict:
@@ -84,7 +87,7 @@ def jacobian_statistics(jac: tf.Tensor, *, threshold: float = 1e-3, relative: bo
 
 def scalar_function(model, y: tf.Tensor, of: str = "decision"):
     """The per-example scalar whose Hessian is measured: ``x -> d(x)`` or ``x -> CE(x, y)``."""
-    _common.check_choice("hessian_of", of, HESSIAN_OF)
+    utils.check_choice("hessian_of", of, HESSIAN_OF)
     fn = losses.decision_margin if of == "decision" else losses.cross_entropy
     return lambda x: fn(model(x, training=False), y)
 
@@ -133,11 +136,11 @@ def hessian_eigenvalues(model, x, y, *, of: str = "decision", method: str = "lan
     Returns:
         :class:`HessianSpectrum`.
     """
-    _common.check_choice("method", method, HESSIAN_METHODS)
-    k = _common.check_positive_int("k", k)
-    top_k = _common.check_positive_int("top_k", top_k)
+    utils.check_choice("method", method, HESSIAN_METHODS)
+    k = utils.check_positive_int("k", k)
+    top_k = utils.check_positive_int("top_k", top_k)
     x = tf.convert_to_tensor(x)
-    model = _common.as_classifier(model)
+    model = unwrap(model)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     op = linalg.hessian_operator(scalar_function(model, y, of), x)
     flat_shape = tf.stack([tf.shape(x)[0], tf.reduce_prod(tf.shape(x)[1:])])
@@ -240,28 +243,28 @@ def robustness_indicator(
         ValueError: naming a bad argument.
     """
     start = time.perf_counter()
-    batch_size = _common.check_positive_int("batch_size", batch_size)
-    _common.check_positive("jacobian_threshold", jacobian_threshold, allow_zero=True)
-    _common.check_positive("eigen_threshold", eigen_threshold, allow_zero=True)
-    _common.check_choice("method", method, HESSIAN_METHODS)
-    k = _common.check_positive_int("k", k)
-    top_k = _common.check_positive_int("top_k", top_k)
+    batch_size = utils.check_positive_int("batch_size", batch_size)
+    utils.check_positive("jacobian_threshold", jacobian_threshold, allow_zero=True)
+    utils.check_positive("eigen_threshold", eigen_threshold, allow_zero=True)
+    utils.check_choice("method", method, HESSIAN_METHODS)
+    k = utils.check_positive_int("k", k)
+    top_k = utils.check_positive_int("top_k", top_k)
     hessian_of = tuple(hessian_of)
     for of in hessian_of:
-        _common.check_choice("hessian_of", of, HESSIAN_OF)
-    model = _common.as_classifier(model)
+        utils.check_choice("hessian_of", of, HESSIAN_OF)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
     n = int(x.shape[0])
     if n == 0:
         raise ValueError("x has no examples")
-    y = _common.resolve_labels(model, x, y)
+    y = resolve_labels(model, x, y, targeted=False)
 
     parts: list = []
     hess_parts: dict = {of: [] for of in hessian_of}
-    slices = list(_common.batches(n, batch_size))
-    for i, s in enumerate(_common.progress(slices, enabled=progress, total=len(slices), desc="indicator")):
+    slices = list(utils.batches(n, batch_size))
+    for i, s in enumerate(utils.progress(slices, enabled=progress, total=len(slices), desc="indicator")):
         parts.append(_first_order(model, x[s], y[s], jacobian_threshold, relative, norm))
         for of in hessian_of:
             batch_seed = tf.constant(seed * 100003 + i, tf.int64)

@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.analysis import _common
+from tfrobust import utils
+from tfrobust.models import unwrap
+from tfrobust.attacks import resolve_labels
 
 __all__ = [
     "decision_and_gradient",
@@ -93,13 +95,13 @@ def sample_margins(model, x, y=None, *, norm: str = "linf", batch_size: int = 25
         :class:`Margins`.
     """
     norms.validate_norm(norm)
-    batch_size = _common.check_positive_int("batch_size", batch_size)
-    model = _common.as_classifier(model)
+    batch_size = utils.check_positive_int("batch_size", batch_size)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
-    y = _common.resolve_labels(model, x, y)
+    y = resolve_labels(model, x, y, targeted=False)
 
-    parts = [_margin_step(model, x[s], y[s], norm) for s in _common.progress(
-        _common.batches(int(x.shape[0]), batch_size), enabled=progress, desc="margins")]
+    parts = [_margin_step(model, x[s], y[s], norm) for s in utils.progress(
+        utils.batches(int(x.shape[0]), batch_size), enabled=progress, desc="margins")]
     raw, normed, gnorm = (np.concatenate([p[i].numpy() for p in parts]) for i in range(3))
     return Margins(raw=raw, normalised=normed, grad_norm=gnorm, correct=raw > 0, norm=norm)
 

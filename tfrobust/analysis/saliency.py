@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses
-from tfrobust.analysis import _common
+from tfrobust import utils
+from tfrobust.models import unwrap
 
 __all__ = ["METHODS", "SCORES", "saliency_maps", "plot_saliency"]
 
@@ -48,9 +49,9 @@ def saliency_maps(model, x, y, *, method: str = "saliency", score: str = "decisi
     """
     from tf_keras_vis.saliency import Saliency  # pylint: disable=import-outside-toplevel
 
-    _common.check_choice("method", method, METHODS)
-    _common.check_choice("score", score, SCORES)
-    model = _common.as_classifier(model)
+    utils.check_choice("method", method, METHODS)
+    utils.check_choice("score", score, SCORES)
+    model = unwrap(model)
     x = np.asarray(x, dtype=np.float32)
     labels = tf.constant(np.asarray(y).reshape(-1), tf.int32)
 
@@ -95,7 +96,7 @@ def plot_saliency(models: Mapping[str, object], x, y, *, methods: Sequence[str] 
     from tfrobust.analysis.plots import new_figure  # pylint: disable=import-outside-toplevel
 
     for m in methods:
-        _common.check_choice("method", m, METHODS)
+        utils.check_choice("method", m, METHODS)
     x = np.asarray(x, dtype=np.float32)
     columns = [(name, m) for name in models for m in methods]
     maps = {(name, m): saliency_maps(models[name], x, y, method=m, score=score, smooth_samples=smooth_samples,

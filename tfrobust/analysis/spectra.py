@@ -28,7 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrobust.analysis import _common, linalg
+from tfrobust.analysis import linalg
+from tfrobust import utils
+from tfrobust.models import unwrap
 
 __all__ = [
     "SOURCES",
@@ -56,7 +58,7 @@ def _kernel(layer) -> np.ndarray | None:
 
 def spectral_layers(model) -> list:
     """The layers with a kernel (Dense and 2-D convolutions), in model order."""
-    model = _common.as_classifier(model)
+    model = unwrap(model)
     out = []
     for layer in model.layers:
         kernel = getattr(layer, "kernel", None)
@@ -87,7 +89,7 @@ def weight_spectrum(layer, *, conv: str = "operator", input_shape=None) -> np.nd
     Raises:
         ValueError: if the layer has no 2-D or 4-D kernel, or ``conv`` is unknown.
     """
-    _common.check_choice("conv", conv, CONV_MODES)
+    utils.check_choice("conv", conv, CONV_MODES)
     kernel = _kernel(layer)
     if kernel is None or kernel.ndim not in (2, 4):
         raise ValueError(f"layer {getattr(layer, 'name', layer)!r} has no Dense or Conv2D kernel")
@@ -171,19 +173,19 @@ def _spectra_step(layers, feeds, x, seed, k, steps):
 
 
 def _jacobian_spectra(model, layers, x, *, k, steps, batch_size, seed, progress) -> dict[str, np.ndarray]:
-    model = _common.as_classifier(model)
-    k = _common.check_positive_int("k", k)
-    steps = 2 * k + 2 if steps is None else _common.check_positive_int("steps", steps)
+    model = unwrap(model)
+    k = utils.check_positive_int("k", k)
+    steps = 2 * k + 2 if steps is None else utils.check_positive_int("steps", steps)
     if steps < k:
         raise ValueError(f"steps={steps} must be at least k={k}")
-    batch_size = _common.check_positive_int("batch_size", batch_size)
+    batch_size = utils.check_positive_int("batch_size", batch_size)
     layers = tuple(layers)
     feeds = _feeds(model, layers)
     x = tf.convert_to_tensor(x)
-    slices = list(_common.batches(int(x.shape[0]), batch_size))
+    slices = list(utils.batches(int(x.shape[0]), batch_size))
     parts = [[v.numpy() for v in _spectra_step(layers, feeds, x[s], tf.constant(seed * 100003 + i, tf.int64), k,
                                                steps)]
-             for i, s in enumerate(_common.progress(slices, enabled=progress, desc="layer spectra"))]
+             for i, s in enumerate(utils.progress(slices, enabled=progress, desc="layer spectra"))]
     return {layer.name: np.concatenate([p[j] for p in parts]) for j, layer in enumerate(layers)}
 
 

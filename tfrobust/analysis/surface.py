@@ -29,7 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import attacks, losses, norms
-from tfrobust.analysis import _common
+from tfrobust import utils
+from tfrobust.models import unwrap
+from tfrobust.attacks import resolve_labels
 
 __all__ = [
     "SPACES",
@@ -150,11 +152,11 @@ def input_directions(model, x, y=None, direction: str = "random", *, norm: str =
     Raises:
         ValueError: naming a bad ``direction`` or ``norm``.
     """
-    _common.check_choice("direction", direction, DIRECTIONS)
+    utils.check_choice("direction", direction, DIRECTIONS)
     norms.validate_norm(norm)
-    model = _common.as_classifier(model)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
-    y = _common.resolve_labels(model, x, y)
+    y = resolve_labels(model, x, y, targeted=False)
     if direction == "random":
         u = _random_direction(tf.shape(x), norm, seed, x.dtype)
     else:
@@ -202,8 +204,8 @@ def evaluate_plane(model, x, y, u, v, alphas, betas, *, clip: tuple[float, float
     Returns:
         ``(decision, loss)``, each ``[len(betas), len(alphas)]``.
     """
-    batch_size = _common.check_positive_int("batch_size", batch_size)
-    model = _common.as_classifier(model)
+    batch_size = utils.check_positive_int("batch_size", batch_size)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
     label = tf.cast(tf.reshape(y, [-1])[:1], tf.int32)
     aa, bb = _grid(alphas, betas)
@@ -211,7 +213,7 @@ def evaluate_plane(model, x, y, u, v, alphas, betas, *, clip: tuple[float, float
     u = tf.cast(u, x.dtype)
     v = tf.cast(v, x.dtype)
     dec, ce = [], []
-    for s in _common.progress(list(_common.batches(aa.size, batch_size)), enabled=progress, desc="surface"):
+    for s in utils.progress(list(utils.batches(aa.size, batch_size)), enabled=progress, desc="surface"):
         d, l = _plane_values(model, x, label, u, v, tf.constant(aa[s], x.dtype),
                              tf.constant(bb[s], x.dtype), lo_hi)
         dec.append(d.numpy())
@@ -253,10 +255,10 @@ def attack_trajectory(model, x, y, *, attack: str = "ce", eps: float = 0.3, step
         norm: threat norm.
         clip: valid input range.
     """
-    _common.check_choice("attack", attack, DIRECTIONS)
-    model = _common.as_classifier(model)
+    utils.check_choice("attack", attack, DIRECTIONS)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
-    y = _common.resolve_labels(model, x, y)
+    y = resolve_labels(model, x, y, targeted=False)
     step_size = 2.5 * eps / max(int(steps), 1) if step_size is None else step_size
     targeted = attack == "ll"
     target = losses.least_likely(model(x, training=False)) if targeted else y
@@ -295,7 +297,7 @@ def _ball(u, v, aa, bb, norm: str) -> np.ndarray:
     u = tf.reshape(tf.cast(u, tf.float32), [1, -1])
     v = tf.reshape(tf.cast(v, tf.float32), [1, -1])
     out = []
-    for s in _common.batches(aa.size, 2048):
+    for s in utils.batches(aa.size, 2048):
         offsets = tf.constant(aa[s], tf.float32)[:, None] * u + tf.constant(bb[s], tf.float32)[:, None] * v
         out.append(norms.per_example_norm(offsets, norm).numpy())
     return np.concatenate(out)
@@ -335,12 +337,12 @@ def input_surface(model, x, y=None, *, direction: str = "random", span: float | 
     Raises:
         ValueError: naming a bad argument.
     """
-    _common.check_choice("direction", direction, DIRECTIONS)
+    utils.check_choice("direction", direction, DIRECTIONS)
     norms.validate_norm(norm)
-    eps = _common.check_positive("eps", eps)
-    span = 2.0 * eps if span is None else _common.check_positive("span", span)
-    steps = _common.check_positive_int("steps", steps)
-    model = _common.as_classifier(model)
+    eps = utils.check_positive("eps", eps)
+    span = 2.0 * eps if span is None else utils.check_positive("span", span)
+    steps = utils.check_positive_int("steps", steps)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
@@ -349,7 +351,7 @@ def input_surface(model, x, y=None, *, direction: str = "random", span: float | 
         x = x[None]
     if int(x.shape[0]) != 1:
         raise ValueError(f"x must hold one input, got a batch of {int(x.shape[0])}")
-    label = _common.resolve_labels(model, x, y)
+    label = resolve_labels(model, x, y, targeted=False)
     u, v = input_directions(model, x, label, direction, norm=norm, seed=seed)
     alphas = np.linspace(-span, span, steps)
     betas = np.linspace(-span, span, steps)
@@ -385,7 +387,7 @@ def filter_normalized_directions(model, *, seed: int = 0, include_biases: bool =
     Returns:
         Tensors in the order of ``model.trainable_variables``.
     """
-    model = _common.as_classifier(model)
+    model = unwrap(model)
     out = []
     for i, var in enumerate(model.trainable_variables):
         w = tf.convert_to_tensor(var)
@@ -423,11 +425,11 @@ def evaluate_parameter_plane(model, x, y, dir1, dir2, alphas, betas, *, grid_bat
     Returns:
         ``(decision, loss, accuracy)``, each ``[len(betas), len(alphas)]``.
     """
-    model = _common.as_classifier(model)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     n = int(x.shape[0])
-    grid_batch = max(1, 8192 // max(n, 1)) if grid_batch is None else _common.check_positive_int(
+    grid_batch = max(1, 8192 // max(n, 1)) if grid_batch is None else utils.check_positive_int(
         "grid_batch", grid_batch)
     theta = [tf.convert_to_tensor(v) for v in model.trainable_variables]
     frozen = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
@@ -435,7 +437,7 @@ def evaluate_parameter_plane(model, x, y, dir1, dir2, alphas, betas, *, grid_bat
 
     grid_batch = min(grid_batch, aa.size)
     out = []
-    for s in _common.progress(list(_common.batches(aa.size, grid_batch)), enabled=progress,
+    for s in utils.progress(list(utils.batches(aa.size, grid_batch)), enabled=progress,
                               desc="parameter surface"):
         ab = np.stack([aa[s], bb[s]], axis=1)
         count = len(ab)
@@ -482,12 +484,12 @@ def parameter_surface(model, x, y, *, span: float = 1.0, steps: int = 21, seed: 
     Returns:
         :class:`Surface` with ``space="parameter"`` and ``accuracy`` set.
     """
-    span = _common.check_positive("span", span)
-    steps = _common.check_positive_int("steps", steps)
-    model = _common.as_classifier(model)
+    span = utils.check_positive("span", span)
+    steps = utils.check_positive_int("steps", steps)
+    model = unwrap(model)
     x = tf.convert_to_tensor(x)
     if y is None:
-        y = _common.resolve_labels(model, x, None)
+        y = resolve_labels(model, x, None, targeted=False)
     dir1 = filter_normalized_directions(model, seed=2 * seed, include_biases=include_biases)
     dir2 = filter_normalized_directions(model, seed=2 * seed + 1, include_biases=include_biases)
     alphas = np.linspace(-span, span, steps)

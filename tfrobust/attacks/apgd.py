@@ -7,8 +7,8 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import (_check_clip, _check_fraction, _check_model, _check_number,
-                                   _check_static_int, _clip, resolve_labels)
+from tfrobust.attacks.base import (check_clip, check_fraction, check_model, check_number,
+                                   check_static_int, clip_to_range, resolve_labels)
 
 __all__ = [
     "apgd",
@@ -36,7 +36,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
     Returns:
         The strictly increasing checkpoints, starting with ``0``.
     """
-    _check_number("steps", steps, integer=True)
+    check_number("steps", steps, integer=True)
     hundredths = [0, 22]
     while True:
         nxt = hundredths[-1] + max(hundredths[-1] - hundredths[-2] - 3, 6)
@@ -110,19 +110,19 @@ def apgd(
         ValueError: on a bad argument (named in the message) or a model that
             outputs probabilities.
     """
-    _check_number("eps", eps)
-    _check_static_int("steps", steps)
+    check_number("eps", eps)
+    check_static_int("steps", steps)
     if target_rank is not None:
-        _check_static_int("target_rank", target_rank)
+        check_static_int("target_rank", target_rank)
         if target_rank < 2 or targeted or loss != "ce":
             raise ValueError(f"target_rank={target_rank!r} needs target_rank >= 2, targeted=False and "
                              f"the default loss (got targeted={targeted!r}, loss={loss!r})")
-    _check_fraction("rho", rho)
-    _check_fraction("alpha", alpha)
-    _check_clip(clip)
+    check_fraction("rho", rho)
+    check_fraction("alpha", alpha)
+    check_clip(clip)
     norms.validate_norm(norm)
     loss_fn = losses.attack_loss(loss)
-    _check_model(model)
+    check_model(model)
 
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
@@ -142,7 +142,7 @@ def apgd(
         loss_fn = lambda logits, labels: losses.dlr_targeted_loss(logits, labels, target)  # noqa: E731
 
     def project(z):
-        return _clip(x + norms.project(z - x, eps_t, norm), clip)
+        return clip_to_range(x + norms.project(z - x, eps_t, norm), clip)
 
     def evaluate(z):
         """Per-example objective (to maximise), its input gradient and success."""

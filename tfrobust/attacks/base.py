@@ -8,15 +8,23 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses
+from tfrobust.utils import as_labels, scalar
 
 __all__ = [
+    "check_number",
+    "check_clip",
+    "check_model",
+    "check_static_int",
+    "check_fraction",
+    "clip_to_range",
     "scale_radius",
     "default_step_size",
     "resolve_labels",
 ]
 
 
-def _check_number(name: str, value, *, positive: bool = False, integer: bool = False) -> None:
+def check_number(name: str, value, *, positive: bool = False, integer: bool = False) -> None:
+    """Raises ValueError naming ``value`` unless it is a (non-negative, or positive) number; tensors pass."""
     if isinstance(value, tf.Tensor):
         return
     if integer:
@@ -39,7 +47,7 @@ def scale_radius(eps: float, step_size: float, scale: float | tf.Tensor | None) 
     if isinstance(scale, tf.Tensor):
         scale = tf.cast(scale, tf.float32)
         return scale * eps, scale * step_size
-    _check_number("eps_scale", scale)
+    check_number("eps_scale", scale)
     if scale > 1:
         raise ValueError(f"eps_scale={scale!r} must be in [0, 1]")
     return eps * float(scale), step_size * float(scale)
@@ -50,7 +58,8 @@ def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * float(eps) / max(int(steps), 1)
 
 
-def _check_clip(clip) -> None:
+def check_clip(clip) -> None:
+    """Raises ValueError unless ``clip`` is ``None`` or a pair ``(low, high)`` with ``low < high``."""
     if clip is None:
         return
     try:
@@ -61,7 +70,8 @@ def _check_clip(clip) -> None:
         raise ValueError(f"clip={clip!r} must have low < high")
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
+    """Raises ValueError if a Keras ``model`` ends in a softmax (attacks need logits)."""
     if isinstance(model, tf.Module) or hasattr(model, "layers"):
         losses.check_logits(model, name=getattr(model, "name", "model"))
 
@@ -69,33 +79,34 @@ def _check_model(model) -> None:
 def resolve_labels(model: Callable, x: tf.Tensor, y, *, targeted: bool, training: bool = False):
     """Integer labels for an attack: ``y`` as given, else the prediction.
 
-    One-hot ``y`` is reduced by argmax. With ``y=None`` an untargeted attack
-    uses the model's predicted class and a targeted one the least-likely class.
+    ``y`` follows :func:`tfrobust.utils.as_labels` (``(N,)``, ``(N, 1)`` or
+    one-hot). With ``y=None`` an untargeted attack uses the model's predicted
+    class and a targeted one the least-likely class.
     """
     if y is None:
         logits = tf.stop_gradient(model(x, training=training))
         if tf.executing_eagerly():
             losses.check_logits(logits)
         return losses.least_likely(logits) if targeted else tf.argmax(logits, -1, output_type=tf.int32)
-    y = tf.convert_to_tensor(y)
-    if y.shape.rank == 2:
-        y = tf.argmax(y, axis=-1, output_type=tf.int32)
-    return tf.cast(tf.reshape(y, [-1]), tf.int32)
+    return as_labels(y, num_examples=x.shape[0])
 
 
-def _clip(x: tf.Tensor, clip) -> tf.Tensor:
+def clip_to_range(x: tf.Tensor, clip) -> tf.Tensor:
+    """``x`` clipped into ``clip = (low, high)``; ``None`` leaves it. Bounds keep ``x``'s dtype exactly."""
     if clip is None:
         return x
-    return tf.clip_by_value(x, tf.cast(clip[0], x.dtype), tf.cast(clip[1], x.dtype))
+    return tf.clip_by_value(x, scalar(clip[0], x.dtype), scalar(clip[1], x.dtype))
 
 
-def _check_static_int(name: str, value) -> None:
+def check_static_int(name: str, value) -> None:
+    """Raises ValueError unless ``value`` is a Python integer >= 0 (not a tensor: it sizes a graph)."""
     if isinstance(value, (tf.Tensor, tf.Variable)):
         raise ValueError(f"{name} must be a Python int (it fixes the schedule when the graph is built)")
-    _check_number(name, value, integer=True)
+    check_number(name, value, integer=True)
 
 
-def _check_fraction(name: str, value) -> None:
-    _check_number(name, value)
+def check_fraction(name: str, value) -> None:
+    """Raises ValueError unless ``value`` is a number in [0, 1]."""
+    check_number(name, value)
     if not 0 <= value <= 1:
         raise ValueError(f"{name}={value!r} must be in [0, 1]")

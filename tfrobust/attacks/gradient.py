@@ -7,7 +7,7 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import _check_clip, _check_model, _check_number, _clip, default_step_size, resolve_labels
+from tfrobust.attacks.base import check_clip, check_model, check_number, clip_to_range, default_step_size, resolve_labels
 
 __all__ = [
     "fgsm",
@@ -63,13 +63,13 @@ def pgd(
         ValueError: on a bad argument (named in the message) or a model that
             outputs probabilities.
     """
-    _check_number("eps", eps)
-    _check_number("steps", steps, integer=True)
-    _check_number("step_size", step_size)
-    _check_clip(clip)
+    check_number("eps", eps)
+    check_number("steps", steps, integer=True)
+    check_number("step_size", step_size)
+    check_clip(clip)
     norms.validate_norm(norm)
     loss_fn = losses.attack_loss(loss)
-    _check_model(model)
+    check_model(model)
 
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
@@ -81,7 +81,7 @@ def pgd(
 
     if random_start:
         x_adv = x + norms.random_start(tf.shape(x), eps, norm, dtype=x.dtype, seed=seed)
-        x_adv = _clip(x_adv, clip)
+        x_adv = clip_to_range(x_adv, clip)
     else:
         x_adv = x
 
@@ -91,7 +91,7 @@ def pgd(
             objective = direction * tf.reduce_sum(loss_fn(model(x_adv, training=training), labels))
         grad = tape.gradient(objective, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x_adv = x_adv + step_size * norms.steepest_step(grad, norm)
-        x_adv = _clip(x + norms.project(x_adv - x, eps, norm), clip)
+        x_adv = clip_to_range(x + norms.project(x_adv - x, eps, norm), clip)
         return i + 1, x_adv
 
     if isinstance(steps, int) and steps <= _MAX_UNROLL:

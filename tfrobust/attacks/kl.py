@@ -8,8 +8,8 @@ from typing import Callable, ClassVar
 import tensorflow as tf
 
 from tfrobust import norms
-from tfrobust.attacks.base import _check_number, default_step_size, scale_radius
-from tfrobust.utils import _scalar
+from tfrobust.attacks.base import check_number, clip_to_range, default_step_size, scale_radius
+from tfrobust.utils import scalar
 
 __all__ = [
     "kl_divergence",
@@ -41,12 +41,6 @@ def gaussian_noise(shape, dtype: tf.DType = tf.float32, seed: int | None = None)
     return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(two_pi * u2)
 
 
-def _clip_to(x: tf.Tensor, clip) -> tf.Tensor:
-    if clip is None:
-        return x
-    return tf.clip_by_value(x, _scalar(clip[0], x.dtype), _scalar(clip[1], x.dtype))
-
-
 def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm: str = "linf",
            init_std: float = 0.001, clip: tuple[float, float] | None = (0.0, 1.0),
            training: bool = False, seed: int | None = None) -> tf.Tensor:
@@ -68,8 +62,8 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
         x = tf.cast(x, tf.float32)
     x = tf.stop_gradient(x)
     clean_logits = tf.stop_gradient(model(x, training=training))
-    step_size = _scalar(step_size, x.dtype)
-    x_adv = x + _scalar(init_std, x.dtype) * gaussian_noise(tf.shape(x), x.dtype, seed)
+    step_size = scalar(step_size, x.dtype)
+    x_adv = x + scalar(init_std, x.dtype) * gaussian_noise(tf.shape(x), x.dtype, seed)
 
     def body(i, x_adv):
         with tf.GradientTape() as tape:
@@ -77,11 +71,11 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
             objective = tf.reduce_sum(kl_divergence(clean_logits, model(x_adv, training=training)))
         grad = tape.gradient(objective, x_adv)
         x_adv = x_adv + step_size * norms.steepest_step(grad, norm)
-        x_adv = _clip_to(x + norms.project(x_adv - x, eps, norm), clip)
+        x_adv = clip_to_range(x + norms.project(x_adv - x, eps, norm), clip)
         return i + 1, x_adv
 
     _, x_adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), x_adv))
-    return tf.stop_gradient(_clip_to(x_adv, clip))
+    return tf.stop_gradient(clip_to_range(x_adv, clip))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +102,11 @@ class KLAttack:
     random_start: ClassVar[bool] = True
 
     def __post_init__(self):
-        _check_number("eps", self.eps)
-        _check_number("steps", self.steps, integer=True)
+        check_number("eps", self.eps)
+        check_number("steps", self.steps, integer=True)
         if self.step_size is not None:
-            _check_number("step_size", self.step_size)
-        _check_number("init_std", self.init_std)
+            check_number("step_size", self.step_size)
+        check_number("init_std", self.init_std)
         norms.validate_norm(self.norm)
 
     @property

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks.apgd import apgd
-from tfrobust.attacks.base import _check_number, default_step_size, scale_radius
+from tfrobust.attacks.base import check_number, default_step_size, scale_radius
 from tfrobust.attacks.gradient import bim, cw, fgsm, pgd
 from tfrobust.attacks.square import square
 
@@ -59,10 +59,10 @@ class AttackConfig:
 
     def __post_init__(self):
         get_attack(self.name)
-        _check_number("eps", self.eps)
-        _check_number("steps", self.steps, integer=True)
+        check_number("eps", self.eps)
+        check_number("steps", self.steps, integer=True)
         if self.step_size is not None:
-            _check_number("step_size", self.step_size)
+            check_number("step_size", self.step_size)
         norms.validate_norm(self.norm)
         losses.attack_loss(self.loss)
         if self.name == "square" and self.norm != "linf":

@@ -7,8 +7,8 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import (_check_clip, _check_fraction, _check_model, _check_number,
-                                   _check_static_int, _clip, resolve_labels)
+from tfrobust.attacks.base import (check_clip, check_fraction, check_model, check_number,
+                                   check_static_int, clip_to_range, resolve_labels)
 
 __all__ = [
     "square",
@@ -110,15 +110,15 @@ def square(
         ValueError: on a bad argument (named in the message) or a model that
             outputs probabilities.
     """
-    _check_number("eps", eps)
-    _check_static_int("queries", queries)
-    _check_fraction("p_init", p_init)
-    _check_number("retries", retries, integer=True)
-    _check_clip(clip)
+    check_number("eps", eps)
+    check_static_int("queries", queries)
+    check_fraction("p_init", p_init)
+    check_number("retries", retries, integer=True)
+    check_clip(clip)
     norms.validate_norm(norm)
     if norm != "linf":
         raise ValueError(f"norm={norm!r}: square supports only 'linf'")
-    _check_model(model)
+    check_model(model)
 
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
@@ -126,7 +126,7 @@ def square(
     x = tf.stop_gradient(x)
     dtype = x.dtype
     if int(queries) == 0:
-        return tf.stop_gradient(_clip(x, clip))
+        return tf.stop_gradient(clip_to_range(x, clip))
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     height, width, channels = _image_view(x)
     shape = tf.shape(x)
@@ -158,7 +158,7 @@ def square(
         return margin, tf.not_equal(pred, labels)
 
     # Vertical stripes: one sign per column and channel, the same down each column.
-    x_best = _clip(x4 + eps_t * signs(0, 0, 0, [batch, 1, width, channels]), clip)
+    x_best = clip_to_range(x4 + eps_t * signs(0, 0, 0, [batch, 1, width, channels]), clip)
     m_best, fooled = query(x_best)
 
     one_d = min(height, width) == 1
@@ -182,7 +182,7 @@ def square(
         delta = x_best - x4
 
         def propose(s):
-            return _clip(x4 + tf.where(mask, eps_t * s, delta), clip)
+            return clip_to_range(x4 + tf.where(mask, eps_t * s, delta), clip)
 
         def unchanged(candidate):
             return tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tfrobust import data, norms
 from tfrobust.evaluation import EVAL_ATTACKS, evaluate_model, format_table, load_model, parse_eps_list
-from tfrobust.evaluation.cascade import _classifier
+from tfrobust.models import unwrap
 
 __all__ = [
     "HELP",
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n is None:
         x, y = x[:1000], y[:1000]
     expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    clf = _classifier(model)
+    clf = unwrap(model)
     if expected is None and getattr(clf, "inputs", None):
         expected = tuple(clf.inputs[0].shape[1:])
     if expected is not None and tuple(x.shape[1:]) != expected:
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                             meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
     text = json.dumps(result, indent=1)
     if args.json:
-        from tfrobust.training import atomic_write_text
+        from tfrobust.utils import atomic_write_text
         atomic_write_text(Path(args.json), text + "\n")
     print(format_table(result))
     return 0

@@ -51,22 +51,23 @@ def indicator_report(model, x, y, **kwargs) -> dict:
 
 def run(args) -> int:
     """Computes the indicator and writes the JSON; returns 0."""
-    from tfrobust.analysis import _common  # pylint: disable=import-outside-toplevel
+    from tfrobust import utils  # pylint: disable=import-outside-toplevel
 
-    _common.check_positive_int("--n", args.n)
-    _common.check_positive_int("--batch-size", args.batch_size)
-    _common.check_positive_int("--k", args.k)
-    _common.check_positive_int("--top-k", args.top_k)
-    _common.check_choice("--method", args.method, ("lanczos", "power"))
-    _common.check_choice("--norm", args.norm, ("linf", "l2"))
-    _common.check_positive("--jacobian-threshold", args.jacobian_threshold, allow_zero=True)
-    _common.check_positive("--eigen-threshold", args.eigen_threshold, allow_zero=True)
+    utils.check_positive_int("--n", args.n)
+    utils.check_positive_int("--batch-size", args.batch_size)
+    utils.check_positive_int("--k", args.k)
+    utils.check_positive_int("--top-k", args.top_k)
+    utils.check_choice("--method", args.method, ("lanczos", "power"))
+    utils.check_choice("--norm", args.norm, ("linf", "l2"))
+    utils.check_positive("--jacobian-threshold", args.jacobian_threshold, allow_zero=True)
+    utils.check_positive("--eigen-threshold", args.eigen_threshold, allow_zero=True)
     if not args.json.lower().endswith(".json"):
         raise ValueError(f"--json={args.json!r} must end in .json")
     start = time.perf_counter()
     from tfrobust import data  # pylint: disable=import-outside-toplevel
+    from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
 
-    model = _common.load_classifier(args.model)
+    model = unwrap(load_model(args.model))
     x, y = data.load(args.dataset, args.split, n=args.n)
     body = indicator_report(model, x, y, batch_size=args.batch_size, method=args.method, k=args.k,
                             top_k=args.top_k, jacobian_threshold=args.jacobian_threshold,

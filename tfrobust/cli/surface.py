@@ -36,23 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    from tfrobust.analysis import _common  # pylint: disable=import-outside-toplevel
+    from tfrobust import utils  # pylint: disable=import-outside-toplevel
     from tfrobust.analysis.surface import DIRECTIONS, SPACES  # pylint: disable=import-outside-toplevel
 
-    _common.check_choice("--space", args.space, SPACES)
-    _common.check_choice("--direction", args.direction, DIRECTIONS)
-    _common.check_choice("--norm", args.norm, ("linf", "l2"))
+    utils.check_choice("--space", args.space, SPACES)
+    utils.check_choice("--direction", args.direction, DIRECTIONS)
+    utils.check_choice("--norm", args.norm, ("linf", "l2"))
     if args.space == "parameter" and args.direction != "random":
         raise ValueError(f"--direction={args.direction!r} is not available in parameter space "
                          "(its directions are filter-normalised random ones); use --direction random")
     if args.index < 0:
         raise ValueError(f"--index={args.index} must be non-negative")
-    _common.check_positive("--eps", args.eps)
+    utils.check_positive("--eps", args.eps)
     if args.span is not None:
-        _common.check_positive("--span", args.span)
+        utils.check_positive("--span", args.span)
     if args.steps is not None and args.steps < 2:
         raise ValueError(f"--steps={args.steps} must be at least 2")
-    _common.check_positive_int("--n", args.n)
+    utils.check_positive_int("--n", args.n)
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out={args.out!r} must end in .png")
 
@@ -62,9 +62,10 @@ def run(args) -> int:
     _check(args)
     start = time.perf_counter()
     from tfrobust import data  # pylint: disable=import-outside-toplevel
-    from tfrobust.analysis import _common, plots, surface  # pylint: disable=import-outside-toplevel
+    from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
+    from tfrobust.analysis import plots, surface  # pylint: disable=import-outside-toplevel
 
-    model = _common.load_classifier(args.model)
+    model = unwrap(load_model(args.model))
     count = args.index + (1 if args.space == "input" else args.n)
     try:
         x, y = data.load(args.dataset, args.split, n=count)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tfrobust.training import _STRATEGIES, _is_chief, load_config, train
+from tfrobust.training import STRATEGIES, is_chief, load_config, train
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recipe path, or a name from training/configs/ (e.g. mnist_jacobian)")
     parser.add_argument("--out", required=True, help="output folder (resumes if it holds checkpoints)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--strategy", choices=_STRATEGIES, default="none",
+    parser.add_argument("--strategy", choices=STRATEGIES, default="none",
                         help="distribution strategy (default: none)")
     parser.add_argument("--n-train", type=int, default=None,
                         help="train on the first N examples only (quick runs)")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     model = train(config, args.out, epochs=args.epochs, strategy=args.strategy,
                   verbose=1 if sys.stderr.isatty() else 2)
-    where = Path(args.out) / "model.keras" if _is_chief() else "(the chief writes the model)"
+    where = Path(args.out) / "model.keras" if is_chief() else "(the chief writes the model)"
     print(f"trained {config['name']} in {time.time() - start:.0f} s -> {where}")
     del model
     return 0

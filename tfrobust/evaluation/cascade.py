@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tfrobust.attacks import AttackConfig
+from tfrobust.utils import batches
 
 __all__ = [
     "EVAL_ATTACKS",
@@ -35,18 +35,9 @@ _BLACK_BOX = ("square",)
 _RANDOMISED = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
-def _classifier(model: keras.Model) -> keras.Model:
-    return getattr(model, "classifier", model)
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))
-
-
-def _predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_labels(model, x: np.ndarray, batch_size: int) -> np.ndarray:
     fn = tf.function(lambda t: tf.argmax(model(t, training=False), -1))
-    return np.concatenate([fn(tf.constant(x[s])).numpy() for s in _batches(len(x), batch_size)])
+    return np.concatenate([fn(tf.constant(x[s])).numpy() for s in batches(len(x), batch_size)])
 
 
 class _Silent:
@@ -59,7 +50,7 @@ class _Silent:
 _SILENT = _Silent()
 
 
-def _correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
+def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
     @tf.function(reduce_retracing=True)
     def step(xb, yb):
         x_adv = config(model, xb, yb, clip=clip)
@@ -67,7 +58,7 @@ def _correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress
                         tf.cast(yb, tf.int32))
 
     out = []
-    for s in _batches(len(x), batch_size):
+    for s in batches(len(x), batch_size):
         out.append(step(tf.constant(x[s]), tf.constant(y[s])).numpy())
         progress.update(s.stop - s.start)
     return np.concatenate(out) if out else np.zeros([0], bool)
@@ -133,7 +124,7 @@ def run_cascade(stages: Sequence[Callable[[np.ndarray], np.ndarray]], alive: np.
     return out
 
 
-def _attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, apgd_steps: int,
+def attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, apgd_steps: int,
                    square_queries: int, apgd_targets: int = 9) -> AttackConfig | tuple[AttackConfig, ...]:
     if name == "apgd-t":  # one APGD run per target class, each on the survivors of the last
         return tuple(AttackConfig(name="apgd", eps=eps, steps=apgd_steps, norm=norm, target_rank=r)
@@ -146,7 +137,7 @@ def _attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, a
                         norm=norm)
 
 
-def _attack_settings(name: str, *, norm: str, clip, steps: int, step, apgd_steps: int,
+def attack_settings(name: str, *, norm: str, clip, steps: int, step, apgd_steps: int,
                      square_queries: int, stages: list[str], apgd_targets: int = 9) -> dict:
     settings = {"norm": norm, "eps_scale": f"[{clip[0]:g},{clip[1]:g}]"}
     if name in ("apgd-ce", "apgd-dlr"):
@@ -169,7 +160,7 @@ def _attack_settings(name: str, *, norm: str, clip, steps: int, step, apgd_steps
     return settings
 
 
-def _run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batch_size, clip,
+def run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batch_size, clip,
                  bar) -> dict:
     """Runs every attack of ``order`` at every eps; cascade ``stages`` share their survivors.
 
@@ -186,12 +177,12 @@ def _run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batc
         def stage(idx):
             bar.set_postfix_str(f"{name} eps={key}")
             if len(cfgs) == 1:
-                return _correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar)
+                return correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar)
             ok = np.ones(len(idx), bool)
             for i, cfg in enumerate(cfgs):  # APGD-T: one run per target, each on what the earlier ones left
                 sub = np.flatnonzero(ok)
                 if len(sub):
-                    ok[sub] = _correct_under(clf, cfg, x[idx[sub]], y[idx[sub]], batch_size, clip,
+                    ok[sub] = correct_under(clf, cfg, x[idx[sub]], y[idx[sub]], batch_size, clip,
                                              _SILENT)
                 bar.update(len(idx) * (i + 1) // len(cfgs) - len(idx) * i // len(cfgs))
             return ok

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
@@ -15,9 +14,10 @@ from tqdm.auto import tqdm
 
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig
-from tfrobust.evaluation.cascade import (_RANDOMISED, _attack_config, _attack_settings, _classifier,
-                                         _correct_under, _predict, _run_attacks, expand_attacks)
-from tfrobust.evaluation.sanity import _SEED_SUBSET, _black_box_gain, _gradient_stats, _seed_check, sanity_checks
+from tfrobust.models import load_model, unwrap
+from tfrobust.evaluation.cascade import (_RANDOMISED, attack_config, attack_settings,
+                                         correct_under, predict_labels, run_attacks, expand_attacks)
+from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
 __all__ = [
     "evaluate_model",
@@ -25,20 +25,6 @@ __all__ = [
     "parse_eps_list",
     "format_table",
 ]
-
-
-def load_model(path: str | Path) -> keras.Model:
-    """Loads a ``.keras`` model (plain or :class:`~tfrobust.models.RobustModel`).
-
-    Raises:
-        FileNotFoundError: naming the path.
-    """
-    import tfrobust.models  # noqa: F401  (registers RobustModel and the objectives)
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model {str(path)!r} does not exist")
-    return keras.models.load_model(path, compile=False)
 
 
 def parse_eps_list(text: str | Sequence) -> list[tuple[str, float]]:
@@ -133,7 +119,7 @@ def evaluate_model(
         raise ValueError(f"apgd_targets={apgd_targets} must be >= 1")
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as images, got {len(x)} images and {len(y)} labels")
-    clf = _classifier(model)
+    clf = unwrap(model)
     losses.check_logits(clf, name="model")
     tf.random.set_seed(seed)
     start = time.time()
@@ -146,7 +132,7 @@ def evaluate_model(
     if "apgd-t" in order and num_classes < 4:
         raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
     apgd_targets = min(int(apgd_targets), num_classes - 1)
-    clean_correct = _predict(clf, x, batch_size) == y
+    clean_correct = predict_labels(clf, x, batch_size) == y
     result = {**(meta or {}), "n": int(n), "seed": int(seed),
               "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
               "settings": {}}
@@ -155,45 +141,45 @@ def evaluate_model(
         return step_size.get(name) if isinstance(step_size, dict) else step_size
 
     def make_config(name, value):
-        return _attack_config(name, value, steps=steps, step_size=step_for(name), norm=norm,
+        return attack_config(name, value, steps=steps, step_size=step_for(name), norm=norm,
                               apgd_steps=apgd_steps, square_queries=square_queries,
                               apgd_targets=apgd_targets)
 
-    m = min(n, _SEED_SUBSET)
+    m = min(n, SEED_SUBSET)
     reruns = len([a for a in order if a in _RANDOMISED or (a in stages and set(stages) & set(_RANDOMISED))])
     total = len(order) * len(eps_list) * n + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0)
     bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    runs = _run_attacks(clf, x, y, clean_correct, order, stages, eps_list, make_config,
+    runs = run_attacks(clf, x, y, clean_correct, order, stages, eps_list, make_config,
                         batch_size=batch_size, clip=clip, bar=bar)
     robust_all = {key: clean_correct.copy() for key, _ in eps_list}
     for name in order:
         result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
         for key, _ in eps_list:
             robust_all[key] &= runs[name][key][1]
-        result["settings"][name] = _attack_settings(
+        result["settings"][name] = attack_settings(
             name, norm=norm, clip=clip, steps=steps, step=step_for(name), apgd_steps=apgd_steps,
             square_queries=square_queries, stages=stages, apgd_targets=apgd_targets)
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
 
     if sanity:
-        gain = _black_box_gain(runs, order, eps_list) if "square" in order else None
-        seed_check = _seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
-                                 make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
-                                 batch_size=batch_size, clip=clip, bar=bar)
+        gain = black_box_gain(runs, order, eps_list) if "square" in order else None
+        seed = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
+                    make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
+                    batch_size=batch_size, clip=clip, bar=bar)
         m_unb = min(n, 500)
         width = float(clip[1] - clip[0])
         unbounded = AttackConfig(name="pgd", eps=width, steps=max(steps, 20), step_size=width / 10,
                                  norm="linf", loss="cw")
         bar.set_postfix_str("sanity: unbounded pgd")
-        unbounded_acc = float(_correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
+        unbounded_acc = float(correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
                                              bar).mean())
-        stats = _gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
+        stats = gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
         bar.update(m_unb)
         result["sanity"] = sanity_checks(result, dict(eps_list), grad_stats=stats,
                                          unbounded_accuracy=unbounded_acc,
                                          num_classes=int(stats["logits"].shape[-1]),
-                                         black_box_gain=gain, seed_check=seed_check)
+                                         black_box_gain=gain, seed_check=seed)
     bar.close()
     result["seconds"] = round(time.time() - start, 2)
     return result

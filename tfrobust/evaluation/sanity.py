@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig
-from tfrobust.evaluation.cascade import _BLACK_BOX, _ITERATIVE, _RANDOMISED, _batches, _correct_under, _run_attacks
+from tfrobust.evaluation.cascade import _BLACK_BOX, _ITERATIVE, _RANDOMISED, batches, correct_under, run_attacks
 
 __all__ = [
     "seed_tolerance",
@@ -20,13 +20,13 @@ __all__ = [
 _TOL = 0.01  # accuracy tolerance for monotonicity checks (sampling noise of random starts)
 
 
-_SEED_SUBSET = 200  # examples rerun with seed + 1 for the seed-stability check
+SEED_SUBSET = 200  # examples rerun with seed + 1 for the seed-stability check
 
 
 _SEED_DEPENDENT_SHARE = 0.05  # share of seed-dependent examples the seed check tolerates
 
 
-def _gradient_stats(model, x, y, batch_size) -> dict:
+def gradient_stats(model, x, y, batch_size) -> dict:
     @tf.function(reduce_retracing=True)
     def grads(xb, yb):
         with tf.GradientTape(persistent=True) as tape:
@@ -40,7 +40,7 @@ def _gradient_stats(model, x, y, batch_size) -> dict:
                 logits)
 
     d_norms, ce_norms, logits = [], [], []
-    for s in _batches(len(x), batch_size):
+    for s in batches(len(x), batch_size):
         a, b, z = grads(tf.constant(x[s]), tf.constant(y[s]))
         d_norms.append(a.numpy()), ce_norms.append(b.numpy()), logits.append(z.numpy())
     return {"margin_grad": np.concatenate(d_norms), "ce_grad": np.concatenate(ce_norms),
@@ -155,7 +155,7 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
 
 
-def _black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:
+def black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:
     """Per eps: share of examples Square broke that every white-box attack attacked and failed on."""
     white = [a for a in order if a not in _BLACK_BOX]
     gain = {}
@@ -169,7 +169,7 @@ def _black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:
     return gain
 
 
-def _seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, robust_all, runs, *,
+def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, robust_all, runs, *,
                 seed, steps, norm, batch_size, clip, bar) -> dict:
     """Reruns the randomised attacks with ``seed + 1`` on the first examples at one eps.
 
@@ -185,7 +185,7 @@ def _seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, 
     rerun_alone = [a for a in randomised if a not in stages]
     if randomised:
         tf.random.set_seed(seed + 1)
-        rerun = _run_attacks(clf, x, y, clean_correct, rerun_stages + rerun_alone, rerun_stages,
+        rerun = run_attacks(clf, x, y, clean_correct, rerun_stages + rerun_alone, rerun_stages,
                              [(key, value)], make_config, batch_size=batch_size, clip=clip, bar=bar)
         before = robust_all[key][:m]
         after = clean_correct.copy()
@@ -198,7 +198,7 @@ def _seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, 
         for s in (seed, seed + 1):
             tf.random.set_seed(s)
             bar.set_postfix_str(f"sanity: pgd seed {s}")
-            results.append(clean_correct & _correct_under(clf, pgd, x, y, batch_size, clip, bar))
+            results.append(clean_correct & correct_under(clf, pgd, x, y, batch_size, clip, bar))
         before, after = results
         what = f"pgd-{steps} with random start (no randomised attack was run)"
     tf.random.set_seed(seed)

@@ -15,15 +15,20 @@ Example::
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 import tensorflow as tf
 
 from tfrobust import losses
-from tfrobust.attacks.base import _check_number
+from tfrobust.attacks.base import check_number
 from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objective
 
 __all__ = [
     "RobustModel",
+    "unwrap",
+    "load_model",
     "warmup_scale",
     "scale_loss_for_distribution",
 ]
@@ -59,7 +64,7 @@ class RobustModel(keras.Model):
         self.objective = as_objective(objective)
         self.clip = tuple(float(c) for c in clip) if clip is not None else None
         self.attack_training = bool(attack_training)
-        _check_number("eps_warmup_steps", eps_warmup_steps, integer=True)
+        check_number("eps_warmup_steps", eps_warmup_steps, integer=True)
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built
@@ -184,3 +189,27 @@ def scale_loss_for_distribution(loss: tf.Tensor) -> tf.Tensor:
     """
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss * tf.cast(1.0 / replicas, loss.dtype)
+
+
+def unwrap(model):
+    """The logits classifier: ``model.classifier`` for a :class:`RobustModel`, else ``model``."""
+    inner = getattr(model, "classifier", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner
+    return model
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a ``.keras`` model, plain or a :class:`RobustModel` (its objective included), uncompiled.
+
+    Raises:
+        FileNotFoundError: naming the missing path.
+        ValueError: naming the file if it is not a loadable Keras model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {str(path)!r} does not exist")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # zip, HDF5 and deserialisation errors of every kind
+        raise ValueError(f"model {str(path)!r} could not be loaded: {err}") from err

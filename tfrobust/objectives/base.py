@@ -11,7 +11,7 @@ from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.attacks.kl import KLAttack
 from tfrobust.objectives.context import CLEAN, StepContext
-from tfrobust.utils import _scalar
+from tfrobust.utils import scalar
 
 __all__ = [
     "Term",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def _check_coefficient(name: str, value: float) -> float:
+def check_coefficient(name: str, value: float) -> float:
     value = float(value)
     if not value >= 0:
         raise ValueError(f"{name}={value!r} must be non-negative")
@@ -67,7 +67,7 @@ class Term:
         return hash((type(self).__name__, repr(self)))
 
 
-def _attack_from(config) -> AttackConfig:
+def as_attack(config) -> AttackConfig:
     if isinstance(config, (AttackConfig, KLAttack)):
         return config
     if isinstance(config, dict):
@@ -77,13 +77,13 @@ def _attack_from(config) -> AttackConfig:
     raise ValueError(f"attack={config!r} must be an AttackConfig, a KLAttack or a dict of its fields")
 
 
-def _point_from(at) -> str | AttackConfig:
+def as_point(at) -> str | AttackConfig:
     if at in (None, CLEAN):
         return CLEAN
-    return _attack_from(at)
+    return as_attack(at)
 
 
-def _point_config(point) -> str | dict:
+def point_config(point) -> str | dict:
     return point if point == CLEAN else point.to_dict()
 
 
@@ -94,11 +94,11 @@ class CrossEntropy(Term):
     name = "ce"
 
     def __init__(self, weight: float = 1.0):
-        self.weight = _check_coefficient("weight", weight)
+        self.weight = check_coefficient("weight", weight)
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         logits = ctx.logits(CLEAN)
-        return _scalar(self.weight, logits.dtype) * losses.cross_entropy(logits, ctx.y)
+        return scalar(self.weight, logits.dtype) * losses.cross_entropy(logits, ctx.y)
 
     def get_config(self) -> dict:
         return {"weight": self.weight}
@@ -116,7 +116,7 @@ class AdversarialTraining(Term):
     name = "adv_ce"
 
     def __init__(self, attack: AttackConfig | dict | None = None, mix: float = 1.0):
-        self.attack = _attack_from(attack or AttackConfig())
+        self.attack = as_attack(attack or AttackConfig())
         mix = float(mix)
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"mix={mix!r} must be in [0, 1]")
@@ -127,10 +127,10 @@ class AdversarialTraining(Term):
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         adv_logits = ctx.logits(self.attack)
-        value = _scalar(self.mix, adv_logits.dtype) * losses.cross_entropy(adv_logits, ctx.y)
+        value = scalar(self.mix, adv_logits.dtype) * losses.cross_entropy(adv_logits, ctx.y)
         if self.mix < 1.0:
             clean = losses.cross_entropy(ctx.logits(CLEAN), ctx.y)
-            value += _scalar(1.0 - self.mix, adv_logits.dtype) * clean
+            value += scalar(1.0 - self.mix, adv_logits.dtype) * clean
         return value
 
     def get_config(self) -> dict:

@@ -7,6 +7,7 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust.attacks import AttackConfig
+from tfrobust.utils import as_labels
 
 __all__ = [
     "CLEAN",
@@ -37,10 +38,7 @@ class StepContext:
                  attack_training: bool = False, eps_scale: tf.Tensor | float | None = None):
         self.model = model
         self.x = tf.convert_to_tensor(x)
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank == 2 and y.shape[-1] != 1:
-            y = tf.argmax(y, axis=-1)
-        self.y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        self.y = as_labels(y, num_examples=self.x.shape[0])
         self.training = training
         self.clip = clip
         self.attack_training = attack_training

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig
-from tfrobust.attacks.kl import _clip_to
-from tfrobust.objectives.base import Term, _check_coefficient, _point_config, _point_from
+from tfrobust.attacks.base import clip_to_range
+from tfrobust.objectives.base import Term, check_coefficient, point_config, as_point
 from tfrobust.objectives.context import CLEAN, StepContext
-from tfrobust.utils import _scalar
+from tfrobust.utils import scalar
 
 __all__ = [
     "PENALTY_NORMS",
@@ -47,7 +47,7 @@ def penalty_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
         return tf.reduce_sum(tf.square(grad), axis=tf.range(1, tf.rank(grad)))
     if norm == "l2":
         sq = tf.reduce_sum(tf.square(grad), axis=tf.range(1, tf.rank(grad)))
-        return tf.sqrt(sq + _scalar(_SQRT_EPS, grad.dtype))
+        return tf.sqrt(sq + scalar(_SQRT_EPS, grad.dtype))
     if norm in ("l1", "linf"):
         return norms.per_example_norm(grad, norm)
     raise ValueError(f"penalty norm={norm!r} is not supported; choose one of {PENALTY_NORMS}")
@@ -107,10 +107,10 @@ class DecisionJacobian(Term):
     def __init__(self, c: float = 0.01, norm: str | None = None, threat: str = "linf",
                  at: str | AttackConfig | dict = CLEAN, method: str = "double_backprop",
                  h: float = 0.01):
-        self.c = _check_coefficient("c", c)
+        self.c = check_coefficient("c", c)
         self.threat = norms.validate_norm(threat)
         self.norm = resolve_penalty_norm(norm, threat)
-        self.at = _point_from(at)
+        self.at = as_point(at)
         self.method = _check_method(method)
         self.h = _check_h(h)
 
@@ -122,10 +122,10 @@ class DecisionJacobian(Term):
             value = finite_difference_penalty(ctx, self.at, self.fn, self.norm, self.h)
         else:
             value = penalty_norm(ctx.input_gradient(self.at, self.fn), self.norm)
-        return _scalar(self.c, value.dtype) * value
+        return scalar(self.c, value.dtype) * value
 
     def get_config(self) -> dict:
-        return {"c": self.c, "norm": self.norm, "threat": self.threat, "at": _point_config(self.at),
+        return {"c": self.c, "norm": self.norm, "threat": self.threat, "at": point_config(self.at),
                 "method": self.method, "h": self.h}
 
 
@@ -182,13 +182,13 @@ class DecisionCurvature(Term):
     name = "curvature_penalty"
 
     def __init__(self, c: float = 0.1, h: float = 0.1, threat: str = "linf"):
-        self.c = _check_coefficient("c", c)
+        self.c = check_coefficient("c", c)
         self.h = _check_h(h)
         self.threat = norms.validate_norm(threat)
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         value = tf.abs(linearity_gap(ctx, self.h, self.threat))
-        return _scalar(self.c, value.dtype) * value
+        return scalar(self.c, value.dtype) * value
 
     def get_config(self) -> dict:
         return {"c": self.c, "h": self.h, "threat": self.threat}
@@ -203,7 +203,7 @@ def linearity_gap(ctx: StepContext, h: float, threat: str) -> tf.Tensor:
     d = losses.decision_margin(ctx.logits(CLEAN), ctx.y)
     grad = ctx.input_gradient(CLEAN, losses.decision_margin)
     x = ctx.point(CLEAN)
-    step = tf.stop_gradient(_clip_to(x - _scalar(h, x.dtype) * norms.steepest_step(grad, threat),
+    step = tf.stop_gradient(clip_to_range(x - scalar(h, x.dtype) * norms.steepest_step(grad, threat),
                                      ctx.clip) - x)
     stepped = losses.decision_margin(ctx.model(x + step, training=ctx.training), ctx.y)
     linear = tf.reduce_sum(tf.reshape(step * grad, [tf.shape(x)[0], -1]), axis=-1)
@@ -281,12 +281,12 @@ def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, 
     direction = finite_difference_direction(grad, norm)
     x = ctx.point(point)
     flag = ctx.training if training is None else training
-    stepped = ctx.model(x + _scalar(h, x.dtype) * direction, training=flag)
-    slope = (fn(stepped, ctx.y) - fn(logits, ctx.y)) / _scalar(h, logits.dtype)
+    stepped = ctx.model(x + scalar(h, x.dtype) * direction, training=flag)
+    slope = (fn(stepped, ctx.y) - fn(logits, ctx.y)) / scalar(h, logits.dtype)
     if norm == "l2_squared":
         return tf.square(slope)
     if norm == "l2":
-        return tf.sqrt(tf.square(slope) + _scalar(_SQRT_EPS, slope.dtype))
+        return tf.sqrt(tf.square(slope) + scalar(_SQRT_EPS, slope.dtype))
     return tf.abs(slope)
 
 
@@ -340,12 +340,12 @@ class EffectiveMargin(Term):
     def __init__(self, lam: float = 0.0234375, temperature: float = 40.0,
                  at: str | AttackConfig | dict = CLEAN, training: bool | None = False,
                  norm: str = "l2_squared", method: str = "double_backprop", h: float = 0.01):
-        self.lam = _check_coefficient("lam", lam)
+        self.lam = check_coefficient("lam", lam)
         temperature = float(temperature)
         if not temperature > 0:
             raise ValueError(f"temperature={temperature!r} must be positive")
         self.temperature = temperature
-        self.at = _point_from(at)
+        self.at = as_point(at)
         if training is not None and not isinstance(training, bool):
             raise ValueError(f"training={training!r} must be True, False or None")
         self.training = training
@@ -367,7 +367,7 @@ class EffectiveMargin(Term):
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         logits = ctx.logits(self.at, self.training)
-        weights = tf.stop_gradient(tf.nn.softmax(logits / _scalar(self.temperature, logits.dtype)))
+        weights = tf.stop_gradient(tf.nn.softmax(logits / scalar(self.temperature, logits.dtype)))
 
         def s(z, _y):
             return tf.reduce_sum(weights * z, axis=-1)
@@ -376,8 +376,8 @@ class EffectiveMargin(Term):
             value = finite_difference_penalty(ctx, self.at, s, self.norm, self.h, self.training)
         else:
             value = penalty_norm(ctx.input_gradient(self.at, s, self.training), self.norm)
-        return _scalar(self.lam, value.dtype) * value
+        return scalar(self.lam, value.dtype) * value
 
     def get_config(self) -> dict:
-        return {"lam": self.lam, "temperature": self.temperature, "at": _point_config(self.at),
+        return {"lam": self.lam, "temperature": self.temperature, "at": point_config(self.at),
                 "training": self.training, "norm": self.norm, "method": self.method, "h": self.h}

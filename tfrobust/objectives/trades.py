@@ -8,9 +8,9 @@ import tensorflow as tf
 from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.attacks.kl import KLAttack, kl_divergence
-from tfrobust.objectives.base import Term, _attack_from, _check_coefficient
+from tfrobust.objectives.base import Term, as_attack, check_coefficient
 from tfrobust.objectives.context import CLEAN, StepContext
-from tfrobust.utils import _scalar
+from tfrobust.utils import scalar
 
 __all__ = [
     "Trades",
@@ -39,8 +39,8 @@ class Trades(Term):
     name = "trades"
 
     def __init__(self, beta: float = 6.0, attack: "KLAttack | AttackConfig | dict | None" = None):
-        self.beta = _check_coefficient("beta", beta)
-        self.attack = KLAttack() if attack is None else _attack_from(attack)
+        self.beta = check_coefficient("beta", beta)
+        self.attack = KLAttack() if attack is None else as_attack(attack)
 
     def attacks(self) -> list:
         return [self.attack]
@@ -48,7 +48,7 @@ class Trades(Term):
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         clean = ctx.logits(CLEAN)
         adv = ctx.logits(self.attack)
-        beta = _scalar(self.beta, clean.dtype)
+        beta = scalar(self.beta, clean.dtype)
         return losses.cross_entropy(clean, ctx.y) + beta * kl_divergence(clean, adv)
 
     def get_config(self) -> dict:
@@ -68,14 +68,14 @@ def mart_loss(clean_logits: tf.Tensor, adv_logits: tf.Tensor, y: tf.Tensor, beta
     dtype = adv_logits.dtype
     adv_probs = tf.nn.softmax(adv_logits, axis=-1)
     onehot = tf.one_hot(y, tf.shape(adv_logits)[-1], dtype=dtype)
-    wrong = tf.reduce_max(adv_probs - onehot * _scalar(2.0, dtype), axis=-1)  # best wrong class prob
+    wrong = tf.reduce_max(adv_probs - onehot * scalar(2.0, dtype), axis=-1)  # best wrong class prob
     bce = (losses.cross_entropy(adv_logits, y)
-           - tf.math.log(_scalar(1.0001, dtype) - wrong + _scalar(1e-12, dtype)))
+           - tf.math.log(scalar(1.0001, dtype) - wrong + scalar(1e-12, dtype)))
     log_nat = tf.nn.log_softmax(clean_logits, axis=-1)
     nat_probs = tf.exp(log_nat)
-    kl = tf.reduce_sum(nat_probs * (log_nat - tf.math.log(adv_probs + _scalar(1e-12, dtype))), axis=-1)
+    kl = tf.reduce_sum(nat_probs * (log_nat - tf.math.log(adv_probs + scalar(1e-12, dtype))), axis=-1)
     true_probs = tf.reduce_sum(onehot * nat_probs, axis=-1)
-    return bce + _scalar(beta, dtype) * kl * (_scalar(1.0000001, dtype) - true_probs)
+    return bce + scalar(beta, dtype) * kl * (scalar(1.0000001, dtype) - true_probs)
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
@@ -96,8 +96,8 @@ class Mart(Term):
     name = "mart"
 
     def __init__(self, beta: float = 6.0, attack: "AttackConfig | KLAttack | dict | None" = None):
-        self.beta = _check_coefficient("beta", beta)
-        self.attack = AttackConfig() if attack is None else _attack_from(attack)
+        self.beta = check_coefficient("beta", beta)
+        self.attack = AttackConfig() if attack is None else as_attack(attack)
 
     def attacks(self) -> list:
         return [self.attack]

@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses, norms
+from tfrobust.models import load_model as load_keras_model
 
 __all__ = [
     "INPUT_NAME",
@@ -264,26 +265,6 @@ def infer_input_shape(model: keras.Model) -> tuple[int, ...]:
     raise ValueError(
         f"cannot infer the input shape of model {getattr(model, 'name', model)!r}; "
         "pass input_shape=(H, W, C) (CLI: --input-shape H,W,C)")
-
-
-def load_keras_model(path: str | os.PathLike) -> keras.Model:
-    """Loads a ``.keras`` classifier, plain or wrapped in ``tfrobust.models.RobustModel``.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if it is not a loadable Keras model.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model {str(path)!r} does not exist")
-    try:
-        import tfrobust.models  # noqa: F401  (registers RobustModel for deserialisation)
-    except ImportError:  # pragma: no cover - models module not available
-        pass
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # zip, HDF5, deserialisation errors of every kind
-        raise ValueError(f"model {str(path)!r} could not be loaded: {err}") from err
 
 
 def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, norm: str,

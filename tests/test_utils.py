@@ -1,0 +1,51 @@
+"""The shared input contract and helpers of tfrobust.utils."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust import attacks, utils
+from tfrobust import objectives as O
+from helpers import images, small_cnn
+
+
+@pytest.mark.parametrize("make", [
+    lambda y: y, lambda y: y.reshape(-1, 1), lambda y: np.eye(10)[y], lambda y: y.astype("float32"),
+    lambda y: tf.constant(y.reshape(-1, 1)), lambda y: list(y),
+], ids=["(N,)", "(N,1)", "one-hot", "float", "tensor (N,1)", "list"])
+def test_every_label_format_reads_as_the_same_classes(make):
+    y = np.array([3, 0, 7, 7, 1])
+    np.testing.assert_array_equal(utils.as_labels(make(y)).numpy(), y)
+
+
+def test_label_parsers_of_attacks_and_objectives_agree_on_column_labels():
+    """The three copies this replaced read (N, 1) labels differently (all class 0 in attacks)."""
+    model, x = small_cnn(seed=0), images(4)
+    y = np.array([[2], [5], [9], [0]])
+    got = attacks.resolve_labels(model, tf.constant(x), y, targeted=False).numpy()
+    ctx = O.StepContext(model, x, y, training=False)
+    np.testing.assert_array_equal(got, [2, 5, 9, 0])
+    np.testing.assert_array_equal(ctx.y.numpy(), [2, 5, 9, 0])
+    a = attacks.fgsm(model, x, y, eps=0.1).numpy()
+    b = attacks.fgsm(model, x, y.ravel(), eps=0.1).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("y,match", [
+    (np.zeros((4, 2, 2)), r"shape \(4, 2, 2\)"), (np.array(["a", "b"]), "dtype string"),
+    (np.zeros(3, int), "3 labels for 4 inputs"),
+])
+def test_bad_labels_are_named(y, match):
+    with pytest.raises(ValueError, match=match):
+        utils.as_labels(y, num_examples=4)
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    utils.atomic_write_text(target, "one")
+    utils.atomic_write(target, b"two")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"three")
+    utils.atomic_write(tmp_path / "copy.bin", src)
+    assert target.read_text() == "two" and (tmp_path / "copy.bin").read_bytes() == b"three"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "copy.bin", "src.bin", "sub"]
