@@ -330,3 +330,24 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
     with pytest.raises(ValueError, match="apgd_targets=0"):
         evaluation.evaluate_model(model, x, y, attacks=["apgd-t"], eps="0.1", apgd_targets=0,
                                   progress=False)
+
+
+def test_registry_reports_the_settings_that_ran():
+    """The report reads each attack's settings off the configs the registry builds."""
+    from tfrobust.attacks import CASCADES, EVAL_ATTACK_REGISTRY, Budget, eval_attack
+    budget = Budget(steps=7, step_size={"bim": 0.05}, apgd_steps=11, square_queries=13, apgd_targets=3)
+    assert set(evaluation.EVAL_ATTACKS) == set(EVAL_ATTACK_REGISTRY) | set(CASCADES)
+    s = {name: eval_attack(name).settings(budget) for name in EVAL_ATTACK_REGISTRY}
+    assert s["bim"] == {"norm": "linf", "loss": "ce", "random_start": False, "steps": 7, "step_size": 0.05}
+    assert s["pgd"]["random_start"] and s["pgd"]["step_size"] == "2.5*eps/steps"
+    assert s["cw"]["loss"] == "cw" and "steps" not in s["fgsm"]
+    assert s["apgd-t"]["targets"] == 3 and s["apgd-t"]["loss"] == "targeted dlr" and s["apgd-ce"]["steps"] == 11
+    assert s["square"]["queries"] == 13 and s["square"]["black_box"] and s["square"]["loss"] == "margin"
+    configs = eval_attack("apgd-t").configs(0.1, budget)
+    assert [c.target_rank for c in configs] == [2, 3, 4] and all(c.eps == 0.1 for c in configs)
+    flags = {name: (a.iterative, a.randomised, a.black_box) for name, a in EVAL_ATTACK_REGISTRY.items()}
+    assert flags["fgsm"] == (False, False, False) and flags["square"] == (False, True, True)
+    with pytest.raises(ValueError, match="'fab'"):
+        eval_attack("fab")
+    with pytest.raises(ValueError, match="steps=0"):
+        Budget(steps=0)

@@ -17,6 +17,11 @@ __all__ = [
     "ATTACKS",
     "get_attack",
     "AttackConfig",
+    "Budget",
+    "EvalAttack",
+    "EVAL_ATTACK_REGISTRY",
+    "CASCADES",
+    "eval_attack",
 ]
 
 
@@ -75,6 +80,22 @@ class AttackConfig:
         """The step size actually used."""
         return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
 
+    @property
+    def resolved_random_start(self) -> bool:
+        """Whether the attack starts at a random point of the ball (PGD and APGD do by default)."""
+        if self.random_start is not None:
+            return bool(self.random_start)
+        return self.name in ("pgd", "apgd")
+
+    @property
+    def resolved_loss(self) -> str:
+        """The loss the attack actually climbs (C&W: the margin; Square: the margin; APGD-T: targeted DLR)."""
+        if self.name in ("cw", "square"):
+            return "cw" if self.name == "cw" else "margin"
+        if self.target_rank is not None:
+            return "targeted dlr"
+        return self.loss
+
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
                  eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
         """Runs the attack on a batch.
@@ -89,17 +110,162 @@ class AttackConfig:
         if self.name == "apgd":
             return apgd(model, x, y, eps=eps, steps=self.steps, norm=self.norm, loss=self.loss,
                         clip=clip, targeted=self.targeted, training=training,
-                        random_start=True if self.random_start is None else self.random_start,
+                        random_start=self.resolved_random_start,
                         target_rank=self.target_rank)
         if self.name == "square":
             return square(model, x, y, eps=eps, queries=self.steps, norm=self.norm, clip=clip,
                           targeted=self.targeted, training=training)
-        random_start = self.name == "pgd" if self.random_start is None else self.random_start
-        loss = "cw" if self.name == "cw" else self.loss
         return pgd(model, x, y, eps=eps, steps=self.steps, step_size=step_size,
-                   norm=self.norm, random_start=random_start, clip=clip, loss=loss,
+                   norm=self.norm, random_start=self.resolved_random_start, clip=clip, loss=self.resolved_loss,
                    targeted=self.targeted, training=training)
 
     def to_dict(self) -> dict:
         """JSON-friendly description."""
         return dataclasses.asdict(self)
+
+
+# -- evaluation attacks: name -> builder and metadata (DESIGN §3.11) ------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How hard the evaluation attacks try: everything besides eps that builds them.
+
+    Args:
+        steps: iterations of BIM, PGD and C&W.
+        step_size: their step; ``None`` means ``2.5 * eps / steps``; a dict gives
+            one per attack name (missing names get ``None``).
+        norm: the threat norm.
+        apgd_steps: iterations of each APGD run (published: 100).
+        square_queries: Square's query budget (AutoAttack standard: 5000).
+        apgd_targets: target classes of APGD-T, from the runner-up down (standard: 9).
+    """
+
+    steps: int = 10
+    step_size: float | dict | None = None
+    norm: str = "linf"
+    apgd_steps: int = 100
+    square_queries: int = 5000
+    apgd_targets: int = 9
+
+    def __post_init__(self):
+        for name in ("steps", "apgd_steps", "square_queries", "apgd_targets"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        norms.validate_norm(self.norm)
+
+    def step_for(self, name: str) -> float | None:
+        """The step size given for attack ``name`` (``None``: the default rule)."""
+        return self.step_size.get(name) if isinstance(self.step_size, dict) else self.step_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalAttack:
+    """One attack that evaluation, callbacks, recipes and the command line name.
+
+    Args:
+        name: the name on the command line and in reports.
+        build: ``(eps, budget) -> tuple of AttackConfig`` (several run one after
+            another on the survivors, as APGD-T's one run per target class).
+        summary: one line for ``--help`` and the docs.
+        iterative: takes several gradient steps (the sanity check compares it with FGSM).
+        randomised: its result depends on the seed (the seed-stability check reruns it).
+        black_box: uses scores only (the masking check compares it with the white-box attacks).
+        targeted: attacks towards chosen classes.
+        fixed: settings of the algorithm that the budget does not change, reported as they ran.
+    """
+
+    name: str
+    build: Callable[[float, Budget], tuple]
+    summary: str
+    iterative: bool = False
+    randomised: bool = False
+    black_box: bool = False
+    targeted: bool = False
+    fixed: tuple = ()
+
+    def configs(self, eps: float, budget: Budget) -> tuple[AttackConfig, ...]:
+        """The attack configs to run at ``eps``, in order."""
+        return self.build(eps, budget)
+
+    def settings(self, budget: Budget) -> dict:
+        """The settings that ran, read off the configs this budget builds (for the report)."""
+        configs = self.configs(1.0, budget)
+        first = configs[0]
+        out = {"norm": first.norm, "loss": first.resolved_loss, "random_start": first.resolved_random_start}
+        if first.name == "square":
+            out["queries"] = first.steps
+        elif first.name != "fgsm":
+            out["steps"] = first.steps
+        if first.name in ("bim", "pgd", "cw"):
+            given = budget.step_for(self.name)
+            out["step_size"] = "2.5*eps/steps" if given is None else float(given)
+        if len(configs) > 1:
+            out["targets"] = len(configs)
+        if self.black_box:
+            out["black_box"] = True
+        out.update(dict(self.fixed))
+        return out
+
+
+def _gradient(name):
+    def build(eps, budget):
+        steps = 1 if name == "fgsm" else budget.steps
+        return (AttackConfig(name=name, eps=eps, steps=steps, step_size=budget.step_for(name),
+                             norm=budget.norm),)
+    return build
+
+
+def _apgd(loss):
+    def build(eps, budget):
+        return (AttackConfig(name="apgd", eps=eps, steps=budget.apgd_steps, norm=budget.norm, loss=loss),)
+    return build
+
+
+def _apgd_targeted(eps, budget):
+    return tuple(AttackConfig(name="apgd", eps=eps, steps=budget.apgd_steps, norm=budget.norm, target_rank=r)
+                 for r in range(2, 2 + budget.apgd_targets))
+
+
+def _square(eps, budget):
+    return (AttackConfig(name="square", eps=eps, steps=budget.square_queries, norm=budget.norm),)
+
+
+_APGD_FIXED = (("initial_step", "2*eps"), ("alpha", 0.75), ("rho", 0.75))
+EVAL_ATTACK_REGISTRY: dict[str, EvalAttack] = {a.name: a for a in (
+    EvalAttack("fgsm", _gradient("fgsm"), "one signed-gradient step of CE (Goodfellow et al.)"),
+    EvalAttack("bim", _gradient("bim"), "iterated FGSM, no random start (Kurakin et al.)", iterative=True),
+    EvalAttack("pgd", _gradient("pgd"), "PGD on CE from a random start (Madry et al.)", iterative=True,
+               randomised=True),
+    EvalAttack("cw", _gradient("cw"), "PGD on the C&W margin (the decision-surface paper's C&W)",
+               iterative=True),
+    EvalAttack("apgd-ce", _apgd("ce"), "Auto-PGD on CE (Croce & Hein 2020)", iterative=True, randomised=True,
+               fixed=_APGD_FIXED),
+    EvalAttack("apgd-dlr", _apgd("dlr"), "Auto-PGD on the DLR loss", iterative=True, randomised=True,
+               fixed=_APGD_FIXED),
+    EvalAttack("apgd-t", _apgd_targeted, "targeted DLR APGD, one run per runner-up class on the survivors",
+               iterative=True, randomised=True, targeted=True,
+               fixed=(("loss", "targeted dlr"),
+                      ("target", "classes ranked 2.. by the clean logits, one run each on the survivors"))
+               + _APGD_FIXED),
+    EvalAttack("square", _square, "score-based random search (Andriushchenko et al. 2020), L-inf only",
+               randomised=True, black_box=True, fixed=(("p_init", 0.8),)),
+)}
+"""Every attack evaluation runs, by name."""
+
+CASCADES: dict[str, tuple[str, ...]] = {"autoattack": ("apgd-ce", "apgd-dlr", "square")}
+"""Named cascades: each stage attacks the survivors of the earlier ones. ``autoattack`` is the
+AutoAttack-style cascade of Croce & Hein (2020) without FAB-T and APGD-T."""
+
+
+def eval_attack(name: str) -> EvalAttack:
+    """Looks up an evaluation attack.
+
+    Raises:
+        ValueError: naming the unknown attack and listing the known ones and cascades.
+    """
+    if name not in EVAL_ATTACK_REGISTRY:
+        raise ValueError(f"attack {name!r} is unknown; choose from "
+                         f"{list(EVAL_ATTACK_REGISTRY) + list(CASCADES)}")
+    return EVAL_ATTACK_REGISTRY[name]

@@ -7,32 +7,32 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrobust.attacks import AttackConfig
+from tfrobust.attacks import CASCADES, EVAL_ATTACK_REGISTRY, AttackConfig, Budget, eval_attack
 from tfrobust.utils import batches
 
 __all__ = [
     "EVAL_ATTACKS",
     "AUTOATTACK",
     "expand_attacks",
+    "attacks_where",
+    "attack_settings",
+    "run_attacks",
+    "correct_under",
+    "predict_labels",
     "run_cascade",
 ]
 
 
-EVAL_ATTACKS = ("fgsm", "bim", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack")
-"""Names ``evaluate`` accepts; ``autoattack`` stands for the :data:`AUTOATTACK` cascade."""
+EVAL_ATTACKS = tuple(EVAL_ATTACK_REGISTRY) + tuple(CASCADES)
+"""Names ``evaluate`` accepts: the attacks of the registry and its named cascades."""
 
-
-AUTOATTACK = ("apgd-ce", "apgd-dlr", "square")
+AUTOATTACK = CASCADES["autoattack"]
 """The AutoAttack-style cascade (Croce & Hein 2020, without FAB and APGD-T)."""
 
 
-_ITERATIVE = ("bim", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t")
-
-
-_BLACK_BOX = ("square",)
-
-
-_RANDOMISED = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
+def attacks_where(names, flag: str) -> list[str]:
+    """The attacks of ``names`` whose registry entry has ``flag`` (``"iterative"``, ``"randomised"``, ...)."""
+    return [n for n in names if getattr(eval_attack(n), flag)]
 
 
 def predict_labels(model, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -67,9 +67,9 @@ def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress)
 def expand_attacks(names: Sequence[str], cascade: bool = False) -> tuple[list[str], list[str]]:
     """Resolves an attack list into the attacks to run and the cascade among them.
 
-    ``autoattack`` stands for :data:`AUTOATTACK` (APGD-CE → APGD-DLR → Square)
-    run as a cascade at its place in the list; listing one of its attacks as
-    well adds nothing and is dropped. With ``cascade=True`` the whole list is
+    A cascade name of :data:`~tfrobust.attacks.CASCADES` (``autoattack`` =
+    APGD-CE → APGD-DLR → Square) runs as a cascade at its place in the list;
+    listing one of its attacks as well adds nothing and is dropped. With ``cascade=True`` the whole list is
     one cascade in the order given. Repeated names are dropped.
 
     Args:
@@ -83,17 +83,16 @@ def expand_attacks(names: Sequence[str], cascade: bool = False) -> tuple[list[st
         ValueError: naming an unknown attack.
     """
     for name in names:
-        if name not in EVAL_ATTACKS:
-            raise ValueError(f"attack {name!r} is unknown; choose from {list(EVAL_ATTACKS)}")
-    auto = "autoattack" in names
+        if name not in CASCADES:
+            eval_attack(name)  # raises, naming the unknown attack
+    in_cascades = {a for name in names if name in CASCADES for a in CASCADES[name]}
     order: list[str] = []
     for name in names:
-        items = AUTOATTACK if name == "autoattack" else (name,)
-        for item in items:
-            if item in order or (auto and name != "autoattack" and item in AUTOATTACK):
+        for item in CASCADES.get(name, (name,)):
+            if item in order or (name not in CASCADES and item in in_cascades):
                 continue
             order.append(item)
-    stages = list(order) if cascade else [a for a in order if auto and a in AUTOATTACK]
+    stages = list(order) if cascade else [a for a in order if a in in_cascades]
     return order, stages
 
 
@@ -124,35 +123,9 @@ def run_cascade(stages: Sequence[Callable[[np.ndarray], np.ndarray]], alive: np.
     return out
 
 
-def attack_config(name: str, eps: float, *, steps: int, step_size, norm: str, apgd_steps: int,
-                   square_queries: int, apgd_targets: int = 9) -> AttackConfig | tuple[AttackConfig, ...]:
-    if name == "apgd-t":  # one APGD run per target class, each on the survivors of the last
-        return tuple(AttackConfig(name="apgd", eps=eps, steps=apgd_steps, norm=norm, target_rank=r)
-                     for r in range(2, 2 + apgd_targets))
-    if name in ("apgd-ce", "apgd-dlr"):
-        return AttackConfig(name="apgd", eps=eps, steps=apgd_steps, norm=norm, loss=name[5:])
-    if name == "square":
-        return AttackConfig(name="square", eps=eps, steps=square_queries, norm=norm)
-    return AttackConfig(name=name, eps=eps, steps=1 if name == "fgsm" else steps, step_size=step_size,
-                        norm=norm)
-
-
-def attack_settings(name: str, *, norm: str, clip, steps: int, step, apgd_steps: int,
-                     square_queries: int, stages: list[str], apgd_targets: int = 9) -> dict:
-    settings = {"norm": norm, "eps_scale": f"[{clip[0]:g},{clip[1]:g}]"}
-    if name in ("apgd-ce", "apgd-dlr"):
-        settings.update(steps=int(apgd_steps), loss=name[5:], initial_step="2*eps", alpha=0.75,
-                        rho=0.75, random_start=True)
-    elif name == "apgd-t":
-        settings.update(steps=int(apgd_steps), loss="targeted dlr", targets=int(apgd_targets),
-                        target="classes ranked 2.. by the clean logits, one run each on the survivors",
-                        initial_step="2*eps", alpha=0.75, rho=0.75, random_start=True)
-    elif name == "square":
-        settings.update(queries=int(square_queries), p_init=0.8, loss="margin", black_box=True)
-    elif name != "fgsm":
-        settings.update(steps=int(steps), step_size="2.5*eps/steps" if step is None
-                        else float(step), random_start=name == "pgd",
-                        loss="cw" if name == "cw" else "ce")
+def attack_settings(name: str, budget: Budget, *, clip, stages: list[str]) -> dict:
+    """The report's settings of attack ``name``: what the registry built for ``budget``, its cascade stage."""
+    settings = {"eps_scale": f"[{clip[0]:g},{clip[1]:g}]", **eval_attack(name).settings(budget)}
     if name in stages:
         settings["cascade"] = {"stage": stages.index(name) + 1, "of": list(stages),
                                "accuracy": "after this stage; it attacked only the examples "
@@ -172,7 +145,6 @@ def run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batch
 
     def stage_fn(name, value, key):
         cfgs = make_config(name, value)
-        cfgs = cfgs if isinstance(cfgs, tuple) else (cfgs,)
 
         def stage(idx):
             bar.set_postfix_str(f"{name} eps={key}")

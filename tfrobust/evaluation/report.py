@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -12,10 +13,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfrobust import losses, norms
+from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.models import load_model, unwrap
-from tfrobust.evaluation.cascade import (_RANDOMISED, attack_config, attack_settings,
+from tfrobust.attacks import Budget, eval_attack
+from tfrobust.evaluation.cascade import (attack_settings, attacks_where,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
@@ -106,17 +108,10 @@ def evaluate_model(
     """
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else list(eps)
     order, stages = expand_attacks(list(attacks), cascade)
-    norms.validate_norm(norm)
+    budget = Budget(steps=steps, step_size=step_size, norm=norm, apgd_steps=apgd_steps,
+                    square_queries=square_queries, apgd_targets=apgd_targets)
     if "square" in order and norm != "linf":
         raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
-    if apgd_steps < 1:
-        raise ValueError(f"apgd_steps={apgd_steps} must be >= 1")
-    if square_queries < 1:
-        raise ValueError(f"square_queries={square_queries} must be >= 1")
-    if apgd_targets < 1:
-        raise ValueError(f"apgd_targets={apgd_targets} must be >= 1")
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as images, got {len(x)} images and {len(y)} labels")
     clf = unwrap(model)
@@ -131,22 +126,18 @@ def evaluate_model(
         raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
     if "apgd-t" in order and num_classes < 4:
         raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
-    apgd_targets = min(int(apgd_targets), num_classes - 1)
+    budget = dataclasses.replace(budget, apgd_targets=min(int(apgd_targets), num_classes - 1))
     clean_correct = predict_labels(clf, x, batch_size) == y
     result = {**(meta or {}), "n": int(n), "seed": int(seed),
               "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
               "settings": {}}
 
-    def step_for(name):
-        return step_size.get(name) if isinstance(step_size, dict) else step_size
-
     def make_config(name, value):
-        return attack_config(name, value, steps=steps, step_size=step_for(name), norm=norm,
-                              apgd_steps=apgd_steps, square_queries=square_queries,
-                              apgd_targets=apgd_targets)
+        return eval_attack(name).configs(value, budget)
 
     m = min(n, SEED_SUBSET)
-    reruns = len([a for a in order if a in _RANDOMISED or (a in stages and set(stages) & set(_RANDOMISED))])
+    randomised = attacks_where(order, "randomised")
+    reruns = len([a for a in order if a in randomised or (a in stages and set(stages) & set(randomised))])
     total = len(order) * len(eps_list) * n + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0)
     bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
@@ -157,9 +148,7 @@ def evaluate_model(
         result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
         for key, _ in eps_list:
             robust_all[key] &= runs[name][key][1]
-        result["settings"][name] = attack_settings(
-            name, norm=norm, clip=clip, steps=steps, step=step_for(name), apgd_steps=apgd_steps,
-            square_queries=square_queries, stages=stages, apgd_targets=apgd_targets)
+        result["settings"][name] = attack_settings(name, budget, clip=clip, stages=stages)
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
 
     if sanity:

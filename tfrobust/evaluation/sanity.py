@@ -8,8 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks import AttackConfig
-from tfrobust.evaluation.cascade import _BLACK_BOX, _ITERATIVE, _RANDOMISED, batches, correct_under, run_attacks
+from tfrobust.attacks import AttackConfig, eval_attack
+from tfrobust.evaluation.cascade import attacks_where, correct_under, run_attacks
+from tfrobust.utils import batches
 
 __all__ = [
     "seed_tolerance",
@@ -92,10 +93,11 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
     checks.append({"name": "accuracy_falls_with_eps", "passed": not rising,
                    "detail": "; ".join(rising) or "accuracy never rises with eps (tolerance 0.01)"})
 
-    if "fgsm" in result["attacks"] and any(a in result["attacks"] for a in _ITERATIVE):
+    iterative = attacks_where(result["attacks"], "iterative")
+    if "fgsm" in result["attacks"] and iterative:
         weaker = []
         for key, fg in result["attacks"]["fgsm"].items():
-            best = min(result["attacks"][a][key] for a in _ITERATIVE
+            best = min(result["attacks"][a][key] for a in iterative
                        if a in result["attacks"] and key in result["attacks"][a])
             if best > fg + _TOL:
                 weaker.append(f"eps {key}: iterative {best:.3f} > fgsm {fg:.3f}")
@@ -103,7 +105,7 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
                        "detail": "; ".join(weaker) or "the strongest iterative attack is at least as "
                                                       "strong as FGSM at every eps"})
 
-    white = [a for a in result["attacks"] if a not in _BLACK_BOX]
+    white = [a for a in result["attacks"] if not eval_attack(a).black_box]
     if "square" in result["attacks"] and white:
         stronger = []
         if black_box_gain is not None:
@@ -157,7 +159,7 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
 
 def black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:
     """Per eps: share of examples Square broke that every white-box attack attacked and failed on."""
-    white = [a for a in order if a not in _BLACK_BOX]
+    white = [a for a in order if not eval_attack(a).black_box]
     gain = {}
     for key, _ in eps_list:
         attacked, robust = runs["square"][key]
@@ -180,8 +182,8 @@ def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, r
     """
     m = len(x)
     key, value = min(eps_list, key=lambda kv: abs(float(robust_all[kv[0]].mean()) - 0.5))
-    randomised = [a for a in order if a in _RANDOMISED]
-    rerun_stages = stages if any(a in _RANDOMISED for a in stages) else []
+    randomised = attacks_where(order, "randomised")
+    rerun_stages = stages if attacks_where(stages, "randomised") else []
     rerun_alone = [a for a in randomised if a not in stages]
     if randomised:
         tf.random.set_seed(seed + 1)
