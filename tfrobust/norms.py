@@ -1,7 +1,7 @@
 """Norm maths for attacks and penalties, in one place.
 
 Attacks never branch on the threat norm: they call :func:`steepest_step`,
-:func:`project` and :func:`random_start`, which dispatch here (DESIGN §3.2).
+:func:`project` and :func:`random_start`, which dispatch here (docs/architecture.md).
 Every function works on a batch: the first axis indexes examples and the norm
 is taken over all remaining axes.
 """
@@ -9,6 +9,8 @@ is taken over all remaining axes.
 from __future__ import annotations
 
 import tensorflow as tf
+
+from tfrobust.names import NORMS
 
 __all__ = [
     "NORMS",
@@ -21,8 +23,6 @@ __all__ = [
     "random_start",
 ]
 
-NORMS = ("linf", "l2")
-"""Threat norms the attacks support."""
 
 _TINY = 1e-12
 

@@ -33,7 +33,8 @@ import keras
 import tensorflow as tf
 import yaml
 
-from tfrobust import data, models
+from tfrobust import data, models, recipes
+from tfrobust.names import STRATEGIES
 from tfrobust.utils import atomic_write_text
 from tfrobust import objectives as objectives_module
 from tfrobust.attacks import AttackConfig
@@ -64,13 +65,11 @@ _DEFAULT_TRAIN = {
     "seed": 0,
     "eps_warmup_epochs": 0,
 }
-STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 def config_dirs() -> list[Path]:
-    """Where recipe names are looked up: ``./training/configs`` and the repo's own."""
-    here = Path(__file__).resolve().parents[1] / "training" / "configs"
-    return [Path.cwd() / "training" / "configs", here]
+    """Where recipe names are looked up: ``./training/configs``, then the packaged recipes."""
+    return [Path.cwd() / "training" / "configs", recipes.RECIPE_DIR]
 
 
 def load_config(path_or_name: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Does the robustness indicator predict robustness without attacks? (Yu et al., DESIGN §1.1)
+"""Does the robustness indicator predict robustness without attacks? (Yu et al., docs/architecture.md)
 
 Trains small MNIST models of different robustness (natural, decision-Jacobian
 regularised at several c, PGD adversarially trained at several eps, fast FGSM

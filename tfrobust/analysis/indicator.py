@@ -1,6 +1,6 @@
 """The robustness indicator of Yu et al.: Jacobian and Hessian of the decision function.
 
-Second-order Taylor expansion of the decision function ``d`` (DESIGN §1.1):
+Second-order Taylor expansion of the decision function ``d`` (docs/architecture.md):
 ``|d(x + δ) - d(x)| <= |J·δ| + |δᵀHδ| / 2``. A model whose ``d`` has a small,
 sparse input Jacobian ``J`` and a Hessian ``H`` with small, mostly-zero
 eigenvalues cannot be pushed across its decision boundary by a small ``δ``.

@@ -1,4 +1,4 @@
-"""Sample margins, raw and normalised (Wen, Li, Jia 2020; DESIGN §1.3).
+"""Sample margins, raw and normalised (Wen, Li, Jia 2020; docs/architecture.md).
 
 The raw margin of an example is the decision function of Yu et al.,
 ``d(x) = z_y(x) - max_{i != y} z_i(x)`` on the logits: positive when the

@@ -1,4 +1,4 @@
-"""Per-layer singular-value spectra: the regularisation view (Wen, Li, Jia 2020; DESIGN §1.3).
+"""Per-layer singular-value spectra: the regularisation view (Wen, Li, Jia 2020; docs/architecture.md).
 
 Adversarial training makes each layer respond more evenly to input changes:
 the singular values of its weight operator, and of its Jacobian at data points,

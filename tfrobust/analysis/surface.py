@@ -1,6 +1,6 @@
 """Decision and loss surfaces on a 2-D plane, in input space and in parameter space.
 
-Input space (Yu et al., DESIGN §1.1): around an input ``x`` with label ``y``
+Input space (Yu et al., docs/architecture.md): around an input ``x`` with label ``y``
 the grid ``x + a·u + b·v`` is evaluated for the decision function
 ``d = z_y - max_{i≠y} z_i`` and the cross-entropy. ``u`` and ``v`` are random
 or ``u`` is an attack direction: the steepest-ascent direction of the

@@ -5,12 +5,12 @@ no ``.numpy()`` inside, usable eagerly, inside ``tf.function``, a
 ``train_step`` and a distribution strategy (it runs on whatever replica calls
 it). The result is under ``tf.stop_gradient``, inside the ``eps`` ball of
 ``norm`` around ``x`` and inside ``clip``. Norm maths lives in
-:mod:`tfrobust.norms` and losses in :mod:`tfrobust.losses` (DESIGN §3.1-3.2).
+:mod:`tfrobust.norms` and losses in :mod:`tfrobust.losses` (docs/architecture.md).
 
 ``y=None`` attacks the model's own prediction; ``targeted=True`` with
 ``y=None`` targets the least-likely class.
 
-The strong evaluation of DESIGN §1.4 uses :func:`apgd` (APGD-CE and APGD-DLR,
+The strong evaluation of docs/architecture.md uses :func:`apgd` (APGD-CE and APGD-DLR,
 Croce & Hein 2020) and the score-based black-box :func:`square` attack
 (Andriushchenko et al. 2020); :mod:`tfrobust.evaluation` runs them as a cascade.
 """

@@ -124,7 +124,7 @@ class AttackConfig:
         return dataclasses.asdict(self)
 
 
-# -- evaluation attacks: name -> builder and metadata (DESIGN §3.11) ------------------------------
+# -- evaluation attacks: name -> builder and metadata (docs/architecture.md) ------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,30 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
-from tfrobust import data, norms
-from tfrobust.evaluation import EVAL_ATTACKS, evaluate_model, format_table, load_model, parse_eps_list
-from tfrobust.models import unwrap
+from tfrobust.names import NORMS
 
 __all__ = [
-    "HELP",
     "add_arguments",
     "run",
 ]
 
 
-HELP = "accuracy under each attack and eps, worst case, and gradient-masking sanity checks"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tfrobust evaluate`` (DESIGN §4)."""
+    """Arguments of ``tfrobust evaluate`` (docs/architecture.md)."""
     parser.add_argument("--model", required=True, help="a .keras model")
-    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
+    parser.add_argument("--dataset", required=True, help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
     parser.add_argument("--split", default="test", help="train or test (default test)")
     parser.add_argument("--n", type=int, default=None,
                         help="first N examples (default: 1000, or the whole split if smaller)")
     parser.add_argument("--attacks", default="fgsm,bim,cw",
-                        help=f"comma-separated, from {','.join(EVAL_ATTACKS)} (default fgsm,bim,cw); "
-                             "autoattack = the cascade apgd-ce -> apgd-dlr -> square")
+                        help="comma-separated names from the attack registry, or the cascade "
+                             "autoattack (apgd-ce -> apgd-dlr -> square); default fgsm,bim,cw; "
+                             "an unknown name lists them all")
     parser.add_argument("--cascade", action="store_true",
                         help="run the attack list as one cascade: each attack sees only the examples "
                              "the earlier ones did not break")
@@ -43,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target classes of apgd-t, from the runner-up down (default 9, as in AutoAttack)")
     parser.add_argument("--square-queries", type=int, default=5000,
                         help="query budget of square (default 5000, as in AutoAttack)")
-    parser.add_argument("--norm", default="linf", choices=norms.NORMS)
+    parser.add_argument("--norm", default="linf", choices=NORMS)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
@@ -52,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust evaluate``."""
+    from tfrobust import data  # pylint: disable=import-outside-toplevel
+    from tfrobust.evaluation import (EVAL_ATTACKS, evaluate_model, format_table,  # pylint: disable=import-outside-toplevel
+                                     parse_eps_list)
+    from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
+
     attack_names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     for name in attack_names:
         if name not in EVAL_ATTACKS:

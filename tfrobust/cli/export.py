@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from tfrobust import norms
-from tfrobust.serving.export import export_saved_model, load_keras_model
+from tfrobust.names import NORMS
 
-__all__ = ["HELP", "add_arguments", "run"]
-
-
-HELP = "Export a Keras classifier as a TF Serving SavedModel with a robustness signature."
+__all__ = ["add_arguments", "run"]
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -37,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TF Serving model base path; the export goes to BASE/<version>/")
     parser.add_argument("--version", type=_parse_version, default=None, metavar="N",
                         help="version number (default: one more than the newest under BASE)")
-    parser.add_argument("--norm", choices=norms.NORMS, default="l2",
+    parser.add_argument("--norm", choices=NORMS, default="l2",
                         help="threat norm of the robustness signature (default: l2)")
     parser.add_argument("--input-shape", type=_parse_shape, default=None, metavar="H,W,C",
                         help="per-example input shape when the model does not declare one")
@@ -45,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust export``; prints the version folder."""
-    model = load_keras_model(args.model)
+    from tfrobust.models import load_model  # pylint: disable=import-outside-toplevel
+    from tfrobust.serving.export import export_saved_model  # pylint: disable=import-outside-toplevel
+
+    model = load_model(args.model)
     path = export_saved_model(model, args.out, version=args.version, norm=args.norm,
                               input_shape=args.input_shape)
     print(path)

@@ -7,9 +7,8 @@ import json
 import os
 import time
 
-__all__ = ["HELP", "add_arguments", "run", "indicator_report"]
+__all__ = ["add_arguments", "run", "indicator_report"]
 
-HELP = "robustness indicator: input Jacobian and Hessian of the decision function, layer spectra, margins"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

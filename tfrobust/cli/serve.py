@@ -8,12 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-from tfrobust.serving.server import ServerConfig, parse_model_specs, read_model_config_file, serve
 
-__all__ = ["HELP", "add_arguments", "config_from_args", "run"]
-
-
-HELP = "Serve exported SavedModels over TF Serving's REST API (local development server)."
+__all__ = ["add_arguments", "config_from_args", "run"]
 
 
 def _parse_range(text: str) -> tuple[float, float] | None:
@@ -60,8 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["critical", "error", "warning", "info", "debug"])
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Builds the :class:`ServerConfig` of ``tfrobust serve``'s options."""
+def config_from_args(args: argparse.Namespace):
+    """Builds the :class:`~tfrobust.serving.server.ServerConfig` of ``tfrobust serve``'s options."""
+    from tfrobust.serving.server import (ServerConfig, parse_model_specs,  # pylint: disable=import-outside-toplevel
+                                         read_model_config_file)
+
     models: dict[str, str] = {}
     if args.model_config_file:
         models.update(read_model_config_file(args.model_config_file))
@@ -85,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust serve`` until interrupted."""
+    from tfrobust.serving.server import serve  # pylint: disable=import-outside-toplevel
+
     config = config_from_args(args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,9 +7,8 @@ import json
 import os
 import time
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["add_arguments", "run"]
 
-HELP = "plot the decision and cross-entropy surfaces around one input (or in parameter space)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

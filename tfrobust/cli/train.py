@@ -7,18 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from tfrobust.training import STRATEGIES, is_chief, load_config, train
+from tfrobust.names import STRATEGIES
 
-__all__ = ["HELP", "add_arguments", "run"]
-
-
-HELP = "train one recipe from training/configs/ (resumes after a crash)"
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tfrobust train`` (DESIGN §4)."""
+    """Arguments of ``tfrobust train`` (docs/architecture.md)."""
     parser.add_argument("--config", required=True,
-                        help="recipe path, or a name from training/configs/ (e.g. mnist_jacobian)")
+                        help="a packaged recipe's name (see `tfrobust recipes`, e.g. mnist_jacobian) or a YAML path")
     parser.add_argument("--out", required=True, help="output folder (resumes if it holds checkpoints)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--strategy", choices=STRATEGIES, default="none",
@@ -29,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust train``."""
+    from tfrobust.training import is_chief, load_config, train  # pylint: disable=import-outside-toplevel
+
     config = load_config(args.config)
     if args.n_train is not None:
         if args.n_train < 1:

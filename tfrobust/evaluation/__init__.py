@@ -5,18 +5,18 @@ counts an example as robust at an eps only if it survives *all* attacks run
 (per-example worst case, stronger than the minimum of the accuracies).
 
 Attacks run standalone (each on every clean-correct example) or as a cascade
-(AutoAttack-style, DESIGN §1.4, §3.10): each stage attacks only the examples
+(AutoAttack-style, docs/architecture.md): each stage attacks only the examples
 that survived the earlier stages, and reports the accuracy after it. The list
 entry ``autoattack`` is the cascade APGD-CE → APGD-DLR → Square; ``cascade=True``
 (``--cascade``) makes the whole list one cascade in the order given.
 
-The ``sanity`` block flags the usual signs of gradient masking (DESIGN §1.1,
+The ``sanity`` block flags the usual signs of gradient masking (docs/architecture.md,
 §3.10): accuracy rising with eps, iterative attacks weaker than FGSM, an
 unbounded attack that fails to reach ~0%, vanishing gradients, probability
 outputs, a black-box attack (Square) that breaks examples every white-box
 attack failed on, and a worst case that moves with the random seed.
 
-The result is the evaluation JSON of DESIGN §4.
+The result is the evaluation JSON of docs/architecture.md
 """
 
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade

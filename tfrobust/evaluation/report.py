@@ -1,4 +1,4 @@
-"""The evaluation of one model: :func:`evaluate_model` and its JSON report (DESIGN §4)."""
+"""The evaluation of one model: :func:`evaluate_model` and its JSON report (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def evaluate_model(
     square_queries: int = 5000,
     apgd_targets: int = 9,
 ) -> dict:
-    """Accuracy of ``model`` under every attack at every eps (DESIGN §4 JSON).
+    """Accuracy of ``model`` under every attack at every eps (docs/architecture.md JSON).
 
     Args:
         model: a Keras classifier returning logits (a RobustModel is unwrapped).

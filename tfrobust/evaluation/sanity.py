@@ -1,4 +1,4 @@
-"""Gradient-masking sanity checks of an evaluation (DESIGN §1.1, §3.10)."""
+"""Gradient-masking sanity checks of an evaluation (docs/architecture.md)."""
 
 from __future__ import annotations
 

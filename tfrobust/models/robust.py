@@ -3,8 +3,8 @@
 :class:`RobustModel` wraps any Keras classifier that outputs logits and
 trains it on an :class:`~tfrobust.objectives.Objective` inside an ordinary
 ``compile``/``fit``/``evaluate``. Keras integration is only through
-``train_step`` and ``test_step`` (DESIGN §3.4); under ``tf.distribute`` the
-objective is scaled like a compiled loss (DESIGN §3.5).
+``train_step`` and ``test_step`` (docs/architecture.md); under ``tf.distribute`` the
+objective is scaled like a compiled loss (docs/architecture.md).
 
 Example::
 
@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses
+from tfrobust.models import keras_compat
 from tfrobust.attacks.base import check_number
 from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objective
 
@@ -80,35 +81,15 @@ class RobustModel(keras.Model):
     # -- Keras integration ---------------------------------------------------
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 builds metrics from a batch reduced with strategy.reduce("MEAN"), which
-        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Build from this
-        # worker's first local batch instead; shapes are all that matter here.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, it in iterator:
-            batch = next(it)
-            local = tf.nest.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues) else v, batch)
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=local)
-
-    def _loss_metric(self) -> keras.metrics.Metric:
-        # The "loss" tracker that Keras' compile() creates (compile with no loss:
-        # the objective is the loss).
-        tracker = getattr(self, "_loss_tracker", None)
-        if tracker is None:
-            raise RuntimeError("compile the RobustModel before fit/evaluate, e.g. "
-                               "model.compile(optimizer='adam', metrics=['accuracy'])")
-        return tracker
+        # A private Keras hook: see keras_compat (keras-team/keras#20585).
+        if not keras_compat.symbolic_build_on_local_batch(self, iterator):
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _step(self, data, training: bool):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError("RobustModel needs labels: call fit/evaluate with (x, y)")
-        if getattr(self, "_compile_loss", None) is not None:
+        if keras_compat.compiled_loss(self) is not None:
             raise ValueError("RobustModel's loss is its objective: call compile() without loss= "
                              "and pass the objective to RobustModel(classifier, objective)")
         scale = None
@@ -120,18 +101,14 @@ class RobustModel(keras.Model):
         return ctx, x, y, sample_weight
 
     def _finish(self, ctx: StepContext, total, parts, x, y, sample_weight):
-        self._loss_metric().update_state(total, sample_weight=tf.shape(ctx.x)[0])
+        keras_compat.loss_tracker(self).update_state(total, sample_weight=tf.shape(ctx.x)[0])
         for tracker in self.term_trackers:
             tracker.update_state(parts[tracker.name])
         logits = ctx.cached_logits(CLEAN)
         if logits is None:
             logits = self.classifier(ctx.x, training=False)
         logs = self.compute_metrics(x, y, logits, sample_weight=sample_weight)
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 reduces multi-worker logs with reduce("MEAN", axis=0), which needs a
-            # batch axis (keras-team/keras#20585): give each scalar one.
-            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
+        return keras_compat.logs_with_batch_axis(logs)
 
     def train_step(self, data):
         ctx, x, y, sample_weight = self._step(data, training=True)
@@ -185,7 +162,7 @@ def scale_loss_for_distribution(loss: tf.Tensor) -> tf.Tensor:
     """Divides a per-replica mean loss by the replica count, as Keras does for compiled losses.
 
     Gradients are summed over replicas, so this makes the update that of the
-    global batch mean (DESIGN §3.5).
+    global batch mean (docs/architecture.md).
     """
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss * tf.cast(1.0 / replicas, loss.dtype)

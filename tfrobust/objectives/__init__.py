@@ -10,7 +10,7 @@ weight tape, and shares it between terms.
 Input-gradient penalties use double backprop: a persistent inner tape on the
 input records the forward pass inside the weight tape, so the penalty's
 gradient with respect to the weights flows through the input gradient
-(DESIGN §3.6). With ``method="finite_difference"`` they instead use Finlay &
+(docs/architecture.md). With ``method="finite_difference"`` they instead use Finlay &
 Oberman's difference quotient along the (stop-gradient) steepest direction:
 two forward/backward passes, no double backprop.
 

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import losses, norms
+from tfrobust.names import PENALTY_NORMS
 from tfrobust.attacks import AttackConfig
 from tfrobust.attacks.base import clip_to_range
 from tfrobust.objectives.base import Term, check_coefficient, point_config, as_point
@@ -29,8 +30,6 @@ __all__ = [
 ]
 
 
-PENALTY_NORMS = ("l1", "l2", "l2_squared", "linf")
-"""Norms R for gradient penalties ``R(∇_x f)``."""
 
 _SQRT_EPS = 1e-12
 

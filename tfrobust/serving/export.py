@@ -2,7 +2,7 @@
 
 The export writes TF Serving's layout, ``BASE/<version>/saved_model.pb`` plus
 ``variables/``, with two signatures built by ``keras.export.ExportArchive``
-(DESIGN §3.7, §4):
+(docs/architecture.md):
 
 * ``serving_default``: ``logits`` and ``probabilities``;
 * ``robustness``: ``logits``, ``probabilities``, ``predicted_class``,
@@ -67,10 +67,10 @@ SERVING_OUTPUTS = ("logits", "probabilities")
 
 ROBUSTNESS_OUTPUTS = (
     "logits", "probabilities", "predicted_class", "margin", "grad_norm", "effective_margin")
-"""Outputs of ``robustness`` (DESIGN §4)."""
+"""Outputs of ``robustness`` (docs/architecture.md)."""
 
 SIGNATURES = ("serving_default", "robustness")
-"""Signature names, in registration order (plain prediction first, DESIGN §3.7)."""
+"""Signature names, in registration order (plain prediction first, docs/architecture.md)."""
 
 METADATA_PATH = "assets.extra/tfrobust.json"
 """Export description inside a version folder (TF Serving ignores it)."""

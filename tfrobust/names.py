@@ -1,0 +1,17 @@
+"""The names the library accepts, in one module that imports nothing.
+
+The command line lists them in ``--help`` without loading TensorFlow
+(docs/architecture.md, "Command line"); the library modules that use them
+import them from here.
+"""
+
+__all__ = ["NORMS", "PENALTY_NORMS", "STRATEGIES"]
+
+NORMS = ("linf", "l2")
+"""Threat norms the attacks support."""
+
+PENALTY_NORMS = ("l1", "l2", "l2_squared", "linf")
+"""Norms R for gradient penalties ``R(∇_x f)``."""
+
+STRATEGIES = ("none", "mirrored", "multiworker")
+"""Distribution strategies of ``tfrobust train``."""
