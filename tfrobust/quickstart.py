@@ -1,7 +1,8 @@
 """``tfrobust quickstart``: the README's main job on the embedded MNIST.
 
 Trains the seed paper's MNIST CNN naturally and with the decision-margin
-Jacobian penalty (Yu et al.) for a few epochs on CPU, evaluates both under
+Jacobian penalty (Yu et al.) and its curvature term, through the same
+:func:`tfrobust.training.train` path as ``tfrobust train``, evaluates both under
 FGSM, BIM and C&W at eps 0.1/0.2/0.3 with the paper's settings (10 iterations,
 step 0.1) on a test subset, prints the table beside the paper's Table 1 and
 writes ``report.json``, the models and a PNG chart. Finally it exports the
@@ -16,73 +17,58 @@ import sys
 import time
 from pathlib import Path
 
-import keras
+from tfrobust import data, evaluation, models, training, utils
+from tfrobust.paper import ATTACKS, EPS, PAPER_TABLE1
 
-from tfrobust import data, evaluation, models, utils
-from tfrobust import objectives as O
-
-__all__ = ["PAPER_TABLE1", "quickstart", "plot_report", "serve_and_score",
+__all__ = ["PAPER_TABLE1", "ROBUST_RECIPE", "quickstart", "plot_report", "serve_and_score",
            "format_comparison"]
 
 
-PAPER_TABLE1 = {
-    # Yu et al., Table 1 (MNIST test accuracy, eps on [0,1]); DESIGN §1.1.
-    "natural": {"clean": 0.991, "fgsm": {"0.1": 0.673, "0.2": 0.129, "0.3": 0.047},
-                "bim": {"0.1": 0.225, "0.2": 0.0, "0.3": 0.0},
-                "cw": {"0.1": 0.216, "0.2": 0.0, "0.3": 0.0}},
-    "adv_train": {"clean": 0.991, "fgsm": {"0.1": 0.730, "0.2": 0.527, "0.3": 0.109},
-                  "bim": {"0.1": 0.620, "0.2": 0.065, "0.3": 0.0},
-                  "cw": {"0.1": 0.711, "0.2": 0.170, "0.3": 0.021}},
-    "input_gradient": {"clean": 0.992, "fgsm": {"0.1": 0.916, "0.2": 0.604, "0.3": 0.183},
-                       "bim": {"0.1": 0.879, "0.2": 0.199, "0.3": 0.0},
-                       "cw": {"0.1": 0.881, "0.2": 0.200, "0.3": 0.0}},
-    "decision_jacobian": {"clean": 0.984, "fgsm": {"0.1": 0.916, "0.2": 0.703, "0.3": 0.416},
-                          "bim": {"0.1": 0.881, "0.2": 0.649, "0.3": 0.267},
-                          "cw": {"0.1": 0.892, "0.2": 0.726, "0.3": 0.376}},
-}
-
-EPS = ("0.1", "0.2", "0.3")
-ATTACKS = ("fgsm", "bim", "cw")
 
 
-def _recipes(c: float, norm: str) -> dict[str, O.Objective]:
-    return {"natural": O.Objective([O.CrossEntropy()]),
-            "decision_jacobian": O.CrossEntropy() + O.DecisionJacobian(c=c, norm=norm)}
+ROBUST_RECIPE = "mnist_jacobian_curvature"
+"""The quickstart's robust model: the best recipe without adversarial examples that fits its budget."""
 
 
-def quickstart(out_dir: str | Path, *, n_train: int = 60000, n_test: int = 1000, epochs: int = 5,
-               width: float = 0.5, c: float = 0.638, norm: str = "l2_squared", batch_size: int = 128,
+def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int = 1000,
+               epochs: int | None = None, width: float = 0.5, recipe: str = ROBUST_RECIPE,
                seed: int = 0, verbose: int = 2) -> dict:
-    """Runs the quickstart and returns the report (also written to ``out_dir``).
+    """Trains ``mnist_natural`` and ``recipe`` through :func:`tfrobust.training.train`, evaluates
+    both with the paper's attacks, serves the robust one; returns the report (also written to ``out_dir``).
 
     Args:
         out_dir: where models, ``report.json`` and ``quickstart.png`` go.
-        n_train: training examples (first N of MNIST train).
+        n_train: training examples (default: the recipes' own, all of MNIST's train split but
+            the recipes' validation images).
         n_test: test examples evaluated (first N of MNIST test).
-        epochs: epochs per model.
+        epochs: epochs per model (default: each recipe's own).
         width: width multiplier of the paper's CNN (1.0 = full size).
-        c: Jacobian penalty coefficient.
-        norm: Jacobian penalty norm (see :data:`tfrobust.objectives.PENALTY_NORMS`).
-        batch_size: training batch size.
+        recipe: the robust recipe (a packaged name or a YAML path).
         seed: random seed.
         verbose: Keras progress output.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    x_train, y_train = data.load("mnist", "train", n_train)
     x_test, y_test = data.load("mnist", "test", n_test)
-    report = {"dataset": "mnist", "n_train": n_train, "n_test": n_test, "epochs": epochs,
-              "model": f"mnist_cnn(width={width})", "seed": seed, "models": {},
+    report = {"dataset": "mnist", "n_test": n_test, "model": f"mnist_cnn(width={width})", "seed": seed,
+              "recipes": {}, "models": {},
               "paper": {k: PAPER_TABLE1[k] for k in ("natural", "decision_jacobian")}}
-    for name, objective in _recipes(c, norm).items():
-        keras.utils.set_random_seed(seed)
-        print(f"[quickstart] training {name}: {objective!r}", file=sys.stderr)
-        model = models.RobustModel(models.mnist_cnn(width=width), objective)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    for name, recipe_name in (("natural", "mnist_natural"), ("decision_jacobian", recipe)):
+        config = training.load_config(recipe_name)
+        config.pop("monitor", None)
+        config["model"]["width"] = width
+        config["train"]["seed"] = seed
+        if n_train is not None:
+            config["train"]["n_train"] = n_train
+        if epochs is not None:
+            config["train"]["epochs"] = epochs
+        report["recipes"][name] = {"name": config["name"], "objective": config["objective"],
+                                   "train": config["train"]}
+        print(f"[quickstart] training {name}: recipe {config['name']}, "
+              f"{config['train']['epochs']} epochs", file=sys.stderr)
         t0 = time.time()
-        hist = model.fit(data.make_dataset(x_train, y_train, batch_size, shuffle=True, seed=seed),
-                         epochs=epochs, verbose=verbose, shuffle=False).history
+        model = training.train(config, out / "runs" / name, verbose=verbose)
         train_seconds = time.time() - t0
         model.save(out / f"{name}.keras")
         print(f"[quickstart] evaluating {name}", file=sys.stderr)
@@ -91,7 +77,8 @@ def quickstart(out_dir: str | Path, *, n_train: int = 60000, n_test: int = 1000,
             step_size={"bim": 0.1, "cw": 0.1, "pgd": None},
             meta={"model": str(out / f"{name}.keras"), "dataset": "mnist", "split": "test"})
         result["train_seconds"] = round(train_seconds, 1)
-        result["history"] = {k: [round(float(v), 4) for v in vals] for k, vals in hist.items()}
+        history = json.loads((out / "runs" / name / "history.json").read_text())
+        result["history"] = {k: [round(float(v), 4) for v in vals] for k, vals in history.items()}
         report["models"][name] = result
     report["serving"] = serve_and_score(out / "decision_jacobian.keras", out / "serving", x_test[:8],
                                         y_test[:8])
@@ -111,13 +98,13 @@ def serve_and_score(model_path: Path, base: Path, x, y) -> dict:
     from tfrobust.serving.export import export_saved_model
     from tfrobust.serving.server import ServerConfig, start_server
 
-    version_dir = export_saved_model(evaluation.load_model(model_path), base, norm="linf")
+    version_dir = export_saved_model(models.load_model(model_path), base, norm="linf")
     with start_server(ServerConfig({"tfrobust": str(base)}, port=0)) as server:
         scores = RestClient(server.url, "tfrobust").robustness(x)
         url = server.url
     table = format_scores(scores, y)
     print(f"[quickstart] exported {version_dir}; scored {len(x)} test images through the "
-          f"local TF-Serving-compatible server at {url}:\n{table}", file=sys.stderr)
+          f"local TF-Serving-compatible server at {url}", file=sys.stderr)
     return {"saved_model": str(version_dir), "signature": "robustness", "table": table,
             "scores": {k: [float(v) for v in scores[k]] for k in
                        ("predicted_class", "margin", "grad_norm", "effective_margin")}}
@@ -172,8 +159,8 @@ def plot_report(report: dict, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
     axes[-2].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"MNIST, {report['model']}, {report['epochs']} epochs on {report['n_train']} images, "
-                 f"{report['n_test']} test images")
+    epochs = ", ".join(f"{k} {r['train']['epochs']} epochs" for k, r in report["recipes"].items())
+    fig.suptitle(f"MNIST, {report['model']}, {epochs}; {report['n_test']} test images")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

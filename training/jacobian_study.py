@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tfrobust.paper import ATTACKS as PAPER_ATTACKS
+from tfrobust.paper import EPS, PAPER_TABLE1
+
 HERE = Path(__file__).resolve().parent
 DEFAULTS = {"norm": "l1", "c": 0.01, "k": 0.0, "h": 0.1, "width": 0.5, "epochs": 10, "n_train": 0,
             "lr": 1e-3, "seed": 0}
 N_VAL = 5000
-EPS = ("0.1", "0.2", "0.3")
-PAPER_ATTACKS = ("fgsm", "bim", "cw")
 
 
 def parse_run(text: str) -> dict:
@@ -91,7 +92,6 @@ def commit() -> str:
 
 def cells_vs_paper(result: dict) -> int:
     """How many of the 9 Table-1 cells reach the paper's decision-Jacobian row."""
-    from tfrobust.quickstart import PAPER_TABLE1
     paper = PAPER_TABLE1["decision_jacobian"]
     return sum(result["attacks"][a][e] >= paper[a][e] for a in PAPER_ATTACKS for e in EPS)
 
@@ -142,7 +142,6 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfrobust.quickstart import PAPER_TABLE1
     paper = PAPER_TABLE1["decision_jacobian"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, eps in zip(axes, ("0.2", "0.3")):
