@@ -1,7 +1,12 @@
 """Deployment: SavedModel export with a ``robustness`` signature, TF Serving's REST protocol, clients.
 
-:mod:`.export` writes the versions TF Serving loads; :mod:`.server` serves them
-locally with TF Serving's REST API; :mod:`.client` talks to either.
+- :mod:`.export`: atomic SavedModel versions that TF Serving loads;
+- :mod:`.protocol`: TF Serving's REST request/response formats and error envelope;
+- :mod:`.registry`: the served models, their versions and hot reload;
+- :mod:`.batching`: concurrent requests sharing one model call;
+- :mod:`.app`: the HTTP routes and OpenAPI description;
+- :mod:`.config` and :mod:`.server`: the settings and the running server;
+- :mod:`.client`: REST and gRPC clients.
 """
 
 __all__: list[str] = []

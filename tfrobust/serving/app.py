@@ -1,0 +1,333 @@
+"""The HTTP application: TF Serving's REST routes, OpenAPI description, body limits.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations
+at run time, and names imported inside :func:`create_app` are not visible to string annotations.
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from tfrobust.serving.batching import Batcher
+from tfrobust.serving.config import ServerConfig
+from tfrobust.serving.protocol import (MODEL_NAME_RE, NAME_PATTERN, VERSION_PATTERN, ServingError, bad_request,
+                                       format_predict_response, parse_predict_request, parse_version)
+from tfrobust.serving.registry import ModelRegistry, ServedVersion
+
+
+log = logging.getLogger("tfrobust.server")
+
+__all__ = [
+    "create_app",
+]
+
+
+_ERROR_SCHEMA = {"type": "object", "required": ["error"],
+                 "properties": {"error": {"type": "string"}}}
+
+
+_STATUS_SCHEMA = {
+    "type": "object", "required": ["model_version_status"],
+    "properties": {"model_version_status": {"type": "array", "items": {
+        "type": "object", "required": ["version", "state", "status"],
+        "properties": {
+            "version": {"type": "string", "pattern": "^[0-9]+$"},
+            "state": {"type": "string", "enum": ["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+            "status": {"type": "object", "properties": {
+                "error_code": {"type": "string"}, "error_message": {"type": "string"}}}}}}}}
+
+
+_METADATA_SCHEMA = {
+    "type": "object", "required": ["model_spec", "metadata"],
+    "properties": {
+        "model_spec": {"type": "object", "properties": {
+            "name": {"type": "string"}, "signature_name": {"type": "string"},
+            "version": {"type": "string"}}},
+        "metadata": {"type": "object", "required": ["signature_def"], "properties": {
+            "signature_def": {"type": "object", "required": ["signature_def"], "properties": {
+                "signature_def": {"type": "object", "additionalProperties": {"type": "object"}}}}}}}}
+
+
+_PREDICT_REQUEST_SCHEMA = {
+    "type": "object",
+    "description": "Exactly one of `instances` (row format) or `inputs` (columnar format). "
+                   "Tensors are nested JSON lists of numbers; float inputs must be finite "
+                   "(and inside the server's input range, [0, 1] by default).",
+    "properties": {
+        "signature_name": {"type": "string", "example": "robustness",
+                           "description": "signature to run; default serving_default"},
+        "instances": {"type": "array", "minItems": 1,
+                      "description": "one entry per example (or an object per example, "
+                                     "keyed by input name)", "items": {}},
+        "inputs": {"description": "the batched tensor, or an object keyed by input name"},
+    },
+}
+
+
+_PREDICT_RESPONSE_SCHEMA = {
+    "type": "object",
+    "description": "`predictions` for row-format requests, `outputs` for columnar ones.",
+    "properties": {"predictions": {"type": "array"}, "outputs": {}},
+}
+
+
+def _responses(ok_schema: dict, *codes: int) -> dict:
+    out = {"200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}}
+    names = {400: "Bad request", 404: "Unknown model or version", 413: "Request body too large",
+             405: "Method not allowed"}
+    for code in codes:
+        out[str(code)] = {"description": names[code],
+                          "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    return out
+
+
+def _json_response(content: Any, status: int = 200):
+    from starlette.responses import Response
+
+    body = json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class _BodyLimit:
+    """ASGI wrapper: HTTP 413 for a body over ``max_bytes`` (declared or streamed).
+
+    An oversize body is read and discarded (up to ``drain_factor`` times the
+    limit) before the 413 goes out, so an ordinary client that sends the
+    whole body before reading the answer gets the answer, not a reset
+    connection. Bodies beyond that are cut off.
+    """
+
+    drain_factor = 16
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await self._reply(send, 400, "invalid Content-Length header")
+            if int(declared) > self.max_bytes:
+                if int(declared) <= self.drain_factor * self.max_bytes:
+                    await self._drain(receive)
+                return await self._reply(send, 413, self._message())
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._drain(receive)
+                    raise ServingError(413, self._message())
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+    async def _drain(self, receive) -> None:
+        seen = 0
+        while seen <= self.drain_factor * self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    def _message(self) -> str:
+        return f"request body exceeds the limit of {self.max_bytes} bytes"
+
+    @staticmethod
+    async def _reply(send, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(registry: ModelRegistry, config: ServerConfig):
+    """Builds the ASGI application (FastAPI) serving ``registry``.
+
+    Returns:
+        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.batchers``).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    import tfrobust
+
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=config.num_batch_threads, thread_name_prefix="tfrobust-model")
+    batchers: dict[tuple, Batcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for batcher in batchers.values():
+            batcher.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="tfrobust local model server",
+        version=tfrobust.__version__,
+        description="TF Serving's REST API (predict, status, metadata) for SavedModels exported "
+                    "by `tfrobust export`. Errors are `{\"error\": \"...\"}`.",
+        docs_url=None, redoc_url=None)
+    app.state.batchers = batchers
+    app.state.executor = executor
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request, err: ServingError):
+        return _json_response({"error": err.message}, err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err: StarletteHTTPException):
+        message = err.detail if isinstance(err.detail, str) else str(err.detail)
+        if err.status_code == 404:
+            message = f"Malformed request: {request.method} {request.url.path}"
+        return _json_response({"error": message}, err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, err: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                             for e in err.errors()[:3])
+        return _json_response({"error": f"Malformed request: {problems}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, err: Exception):  # pragma: no cover - a bug if reached
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _json_response({"error": f"internal error: {type(err).__name__}"}, 500)
+
+    NAME = PathParam(pattern=NAME_PATTERN, description="model name")
+    VERSION = PathParam(pattern=VERSION_PATTERN, description="model version (an integer)")
+
+    def check_name(name: str) -> None:
+        if not MODEL_NAME_RE.match(name):
+            raise bad_request(f"Malformed request: model name {name!r}")
+
+    def status_body(name: str, version: int | None) -> dict:
+        check_name(name)
+        return {"model_version_status": registry.get(name).status(version)}
+
+    def metadata_body(name: str, version: int | None) -> dict:
+        check_name(name)
+        served = registry.get(name).resolve(version)
+        return {"model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
+                "metadata": {"signature_def": {"signature_def": served.signature_defs}}}
+
+    @app.get("/v1/models/{name}", responses=_responses(_STATUS_SCHEMA, 400, 404),
+             summary="Model status (all versions)")
+    async def model_status(name: str = NAME):
+        return _json_response(status_body(name, None))
+
+    @app.get("/v1/models/{name}/versions/{version}", responses=_responses(_STATUS_SCHEMA, 400, 404),
+             summary="Model status (one version)")
+    async def model_version_status(name: str = NAME, version: str = VERSION):
+        return _json_response(status_body(name, parse_version(version)))
+
+    @app.get("/v1/models/{name}/metadata", responses=_responses(_METADATA_SCHEMA, 400, 404),
+             summary="Model metadata (signature definitions) of the served version")
+    async def model_metadata(name: str = NAME):
+        return _json_response(metadata_body(name, None))
+
+    @app.get("/v1/models/{name}/versions/{version}/metadata",
+             responses=_responses(_METADATA_SCHEMA, 400, 404),
+             summary="Model metadata of one version")
+    async def model_version_metadata(name: str = NAME, version: str = VERSION):
+        return _json_response(metadata_body(name, parse_version(version)))
+
+    async def predict(request: Request, name: str, version: int | None):
+        served = registry.get(name).resolve(version)
+        body = await request.body()
+        if len(body) > 65536:
+            parsed = await run_in_threadpool(
+                parse_predict_request, body, served.signature, config.input_range)
+        else:
+            parsed = parse_predict_request(body, served.signature, config.input_range)
+        signature, fmt, inputs = parsed
+        try:
+            outputs = await _execute(served, signature, inputs)
+        except ServingError:
+            raise
+        except Exception as err:  # TF rejects what validation let through
+            import tensorflow as tf
+
+            if isinstance(err, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
+                raise bad_request(f"the model rejected the input: {str(err).splitlines()[0][:300]}") from None
+            raise
+        return _json_response(format_predict_response(outputs, fmt))
+
+    async def _execute(served: ServedVersion, signature: str, inputs: dict[str, np.ndarray]):
+        if not config.batching:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, served.run, signature, inputs)
+        row_shapes = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items()))
+        key = (served.name, served.version, id(served), signature, row_shapes)
+        batcher = batchers.get(key)
+        if batcher is None:
+            for old_key in [k for k in batchers if k[0] == served.name and k[2] != id(served)
+                            and batchers[k].idle]:
+                batchers.pop(old_key).close()
+            batcher = batchers[key] = Batcher(
+                served, signature, executor, config.max_batch_size,
+                config.batch_timeout_ms / 1000.0, config.num_batch_threads)
+        return await batcher.submit(inputs)
+
+    predict_extra = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _PREDICT_REQUEST_SCHEMA}}}}
+
+    @app.post("/v1/models/{name}:predict", openapi_extra=predict_extra,
+              responses=_responses(_PREDICT_RESPONSE_SCHEMA, 400, 404, 413),
+              summary="Predict with the newest version")
+    async def model_predict(request: Request, name: str = NAME):
+        return await predict(request, name, None)
+
+    @app.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=predict_extra,
+              responses=_responses(_PREDICT_RESPONSE_SCHEMA, 400, 404, 413),
+              summary="Predict with one version")
+    async def model_version_predict(request: Request, name: str = NAME, version: str = VERSION):
+        return await predict(request, name, parse_version(version))
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            if "components" in schema and not components:
+                schema.pop("components")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.post("/v1/models/{name}:{method}", include_in_schema=False)
+    @app.post("/v1/models/{name}/versions/{version}:{method}", include_in_schema=False)
+    async def other_method(request: Request, name: str, method: str, version: str = ""):
+        if method.lower() in ("classify", "regress"):
+            raise bad_request(f":{method} is not supported by this server (Example-based signatures); "
+                       "use :predict")
+        raise ServingError(404, f"Malformed request: POST {request.url.path}")
+
+    return _BodyLimit(app, config.max_body_bytes)
