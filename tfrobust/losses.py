@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 __all__ = [
+    "logits_of",
     "cross_entropy",
     "decision_margin",
     "top2_margin",
@@ -27,6 +28,16 @@ ATTACK_LOSSES = ("ce", "cw", "dlr")
 
 def _labels(y: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reshape(y, [-1]), tf.int32)
+
+
+def logits_of(model, x, training: bool = False) -> tf.Tensor:
+    """``model(x)`` as float32 logits (a ``mixed_float16`` model computes in float16).
+
+    Losses, margins, attack objectives and penalties are all computed from these, so they add
+    up in one dtype and keep float32 precision where it matters.
+    """
+    logits = model(x, training=training)
+    return tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
 
 
 def cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:

@@ -28,7 +28,10 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "hardware",
+    "source_commit",
     "as_labels",
+    "check_range",
+    "as_arrays",
 ]
 
 
@@ -106,6 +109,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, text)
 
 
+def source_commit(path: str | os.PathLike | None = None) -> str:
+    """The git commit of the checkout holding ``path`` (default: this library), ``+dirty`` if it has
+    uncommitted changes, or ``"unknown"`` outside a checkout: the commit every result records."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    where = Path(path or __file__).resolve()
+    where = where if where.is_dir() else where.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def hardware() -> str:
     """CPU model, visible core count and GPUs: the line every result file records."""
     cpu = platform.processor() or platform.machine()
@@ -151,3 +175,60 @@ def as_labels(y, *, num_examples: int | None = None) -> tf.Tensor:
     if num_examples is not None and y.shape[0] is not None and y.shape[0] != num_examples:
         raise ValueError(f"{y.shape[0]} labels for {num_examples} inputs")
     return y
+
+
+def check_range(x, clip, *, name: str = "inputs") -> None:
+    """Raises ValueError naming the observed and the expected range when ``x`` leaves ``clip``.
+
+    Eager only: inside a graph (a ``train_step``, a ``tf.function``) it checks nothing, so it
+    costs nothing there. ``clip=None`` opts out (no clipping, no check); so does a clip range
+    that matches your data, e.g. ``clip=(0, 255)`` for pixels in [0, 255].
+    """
+    if clip is None or not tf.executing_eagerly():
+        return
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating or tf.size(x) == 0:
+        return
+    lo, hi = float(tf.reduce_min(x)), float(tf.reduce_max(x))
+    tol = 1e-6 * max(1.0, abs(float(clip[1]) - float(clip[0])))
+    if lo < float(clip[0]) - tol or hi > float(clip[1]) + tol or lo != lo or hi != hi:
+        raise ValueError(f"{name} lie in [{lo:g}, {hi:g}] but the clip range is "
+                         f"[{float(clip[0]):g}, {float(clip[1]):g}]; pass clip=(low, high) matching your "
+                         f"data (e.g. clip=(0, 255)), or clip=None to skip clipping and this check")
+
+
+def as_arrays(x, y=None, *, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(x, y)`` as numpy arrays: from arrays, tensors or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+
+    Labels follow :func:`as_labels`. ``n`` keeps the first ``n`` examples.
+
+    Raises:
+        ValueError: naming a mismatch of sizes or a Dataset given with separate labels.
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("pass labels inside the tf.data.Dataset of (x, y), not as y as well")
+        xs, ys = [], []
+        count = 0
+        for item in x:
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise ValueError("a tf.data.Dataset must yield (x, y) pairs")
+            xb = tf.convert_to_tensor(item[0])
+            xs.append(xb.numpy() if xb.shape.rank and xb.shape.rank > 0 else xb.numpy()[None])
+            ys.append(as_labels(item[1]).numpy())
+            count += len(ys[-1])
+            if n is not None and count >= n:
+                break
+        if not xs:
+            raise ValueError("the tf.data.Dataset is empty")
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    else:
+        x = np.asarray(x.numpy() if isinstance(x, tf.Tensor) else x)
+        if y is not None:
+            y = as_labels(y, num_examples=len(x)).numpy()
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"inputs of dtype {x.dtype} are not numbers")
+    if n is not None:
+        x = x[:n]
+        y = None if y is None else y[:n]
+    return x, y

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,14 +81,6 @@ def recipe(run: dict) -> dict:
                       "seed": run["seed"]}}
 
 
-def commit() -> str:
-    """The commit the code under this script is at (with ``+dirty`` if changed)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "../tfrobust", ".") else "")
-
-
 def cells_vs_paper(result: dict) -> int:
     """How many of the 9 Table-1 cells reach the paper's decision-Jacobian row."""
     paper = PAPER_TABLE1["decision_jacobian"]
@@ -109,7 +100,7 @@ def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
     result = evaluation.evaluate_model(model, x_val, y_val, attacks=PAPER_ATTACKS, eps=",".join(EPS),
                                        steps=10, step_size=0.1, sanity=False, progress=False,
                                        meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
-    row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": commit(),
+    row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": utils.source_commit(HERE),
            "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),
            "eval_seconds": round(time.time() - start - train_seconds, 1),
            "history": json.loads((out / "runs" / name / "history.json").read_text()),

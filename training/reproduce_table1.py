@@ -76,6 +76,8 @@ def run_one(key: str, args: argparse.Namespace, x_test, y_test) -> dict:
     result["train_seconds"] = round(train_seconds, 1)
     result["eval_seconds"] = round(time.time() - start - train_seconds, 1)
     result["recipe"] = RECIPES[key]
+    result["commit"] = utils.source_commit(Path(__file__))
+    result["hardware"] = utils.hardware()
     result["train_settings"] = config["train"]
     return result
 

@@ -18,8 +18,16 @@ Croce & Hein 2020) and the score-based black-box :func:`square` attack
 from tfrobust.attacks.apgd import apgd, apgd_checkpoints
 from tfrobust.attacks.base import default_step_size, resolve_labels, scale_radius
 from tfrobust.attacks.gradient import bim, cw, fgsm, pgd
-from tfrobust.attacks.registry import (ATTACKS, CASCADES, EVAL_ATTACK_REGISTRY, AttackConfig, Budget, EvalAttack,
-                                       eval_attack, get_attack)
+from tfrobust.attacks.registry import (
+                                       ATTACKS,
+                                       CASCADES,
+                                       EVAL_ATTACK_REGISTRY,
+                                       AttackConfig,
+                                       Budget,
+                                       EvalAttack,
+                                       eval_attack,
+                                       get_attack,
+)
 from tfrobust.attacks.square import square, square_p_schedule
 
 __all__ = [

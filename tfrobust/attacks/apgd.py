@@ -7,8 +7,16 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import (check_clip, check_fraction, check_model, check_number,
-                                   check_static_int, clip_to_range, resolve_labels)
+from tfrobust.attacks.base import (
+    check_clip,
+    check_fraction,
+    check_model,
+    check_number,
+    check_static_int,
+    clip_to_range,
+    resolve_labels,
+)
+from tfrobust.utils import check_range
 
 __all__ = [
     "apgd",
@@ -128,12 +136,13 @@ def apgd(
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
     x = tf.stop_gradient(x)
+    check_range(x, clip)
     dtype = x.dtype
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     direction = tf.cast(-1.0 if targeted else 1.0, dtype)
     eps_t = tf.cast(eps, dtype)
     if target_rank is not None:
-        clean_logits = model(x, training=training)
+        clean_logits = losses.logits_of(model, x, training)
         num_classes = clean_logits.shape[-1]
         if num_classes is not None and (num_classes < 4 or target_rank > num_classes):
             raise ValueError(f"target_rank={target_rank} needs at least 4 classes and at most as many "
@@ -148,7 +157,7 @@ def apgd(
         """Per-example objective (to maximise), its input gradient and success."""
         with tf.GradientTape() as tape:
             tape.watch(z)
-            logits = model(z, training=training)
+            logits = losses.logits_of(model, z, training)
             f = direction * tf.cast(loss_fn(logits, labels), dtype)
             total = tf.reduce_sum(f)
         grad = tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -84,7 +84,7 @@ def resolve_labels(model: Callable, x: tf.Tensor, y, *, targeted: bool, training
     class and a targeted one the least-likely class.
     """
     if y is None:
-        logits = tf.stop_gradient(model(x, training=training))
+        logits = tf.stop_gradient(losses.logits_of(model, x, training))
         if tf.executing_eagerly():
             losses.check_logits(logits)
         return losses.least_likely(logits) if targeted else tf.argmax(logits, -1, output_type=tf.int32)

@@ -7,7 +7,15 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import check_clip, check_model, check_number, clip_to_range, default_step_size, resolve_labels
+from tfrobust.attacks.base import (
+    check_clip,
+    check_model,
+    check_number,
+    clip_to_range,
+    default_step_size,
+    resolve_labels,
+)
+from tfrobust.utils import check_range
 
 __all__ = [
     "fgsm",
@@ -75,6 +83,7 @@ def pgd(
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
     x = tf.stop_gradient(x)
+    check_range(x, clip)
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     direction = tf.cast(-1.0 if targeted else 1.0, x.dtype)
     step_size = tf.cast(step_size, x.dtype)
@@ -88,7 +97,7 @@ def pgd(
     def body(i, x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            objective = direction * tf.reduce_sum(loss_fn(model(x_adv, training=training), labels))
+            objective = direction * tf.reduce_sum(loss_fn(losses.logits_of(model, x_adv, training), labels))
         grad = tape.gradient(objective, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x_adv = x_adv + step_size * norms.steepest_step(grad, norm)
         x_adv = clip_to_range(x + norms.project(x_adv - x, eps, norm), clip)

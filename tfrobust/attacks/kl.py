@@ -7,9 +7,14 @@ from typing import Callable, ClassVar
 
 import tensorflow as tf
 
-from tfrobust import norms
-from tfrobust.attacks.base import check_number, clip_to_range, default_step_size, scale_radius
-from tfrobust.utils import scalar
+from tfrobust import losses, norms
+from tfrobust.attacks.base import (
+    check_number,
+    clip_to_range,
+    default_step_size,
+    scale_radius,
+)
+from tfrobust.utils import check_range, scalar
 
 __all__ = [
     "kl_divergence",
@@ -61,14 +66,15 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
     x = tf.stop_gradient(x)
-    clean_logits = tf.stop_gradient(model(x, training=training))
+    check_range(x, clip)
+    clean_logits = tf.stop_gradient(losses.logits_of(model, x, training))
     step_size = scalar(step_size, x.dtype)
     x_adv = x + scalar(init_std, x.dtype) * gaussian_noise(tf.shape(x), x.dtype, seed)
 
     def body(i, x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            objective = tf.reduce_sum(kl_divergence(clean_logits, model(x_adv, training=training)))
+            objective = tf.reduce_sum(kl_divergence(clean_logits, losses.logits_of(model, x_adv, training)))
         grad = tape.gradient(objective, x_adv)
         x_adv = x_adv + step_size * norms.steepest_step(grad, norm)
         x_adv = clip_to_range(x + norms.project(x_adv - x, eps, norm), clip)

@@ -7,8 +7,16 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import (check_clip, check_fraction, check_model, check_number,
-                                   check_static_int, clip_to_range, resolve_labels)
+from tfrobust.attacks.base import (
+    check_clip,
+    check_fraction,
+    check_model,
+    check_number,
+    check_static_int,
+    clip_to_range,
+    resolve_labels,
+)
+from tfrobust.utils import check_range
 
 __all__ = [
     "square",
@@ -124,6 +132,7 @@ def square(
     if not x.dtype.is_floating:
         x = tf.cast(x, tf.float32)
     x = tf.stop_gradient(x)
+    check_range(x, clip)
     dtype = x.dtype
     if int(queries) == 0:
         return tf.stop_gradient(clip_to_range(x, clip))
@@ -150,7 +159,7 @@ def square(
 
     def query(z4):
         """Margin to minimise and success, per example."""
-        logits = model(tf.reshape(z4, shape), training=training)
+        logits = losses.logits_of(model, tf.reshape(z4, shape), training)
         margin = tf.cast(losses.decision_margin(logits, labels), dtype)
         pred = tf.argmax(logits, -1, output_type=tf.int32)
         if targeted:

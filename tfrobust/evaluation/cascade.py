@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,6 +20,7 @@ __all__ = [
     "attack_settings",
     "run_attacks",
     "correct_under",
+    "reseed",
     "predict_labels",
     "run_cascade",
 ]
@@ -50,16 +53,48 @@ class _Silent:
 _SILENT = _Silent()
 
 
-def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
-    @tf.function(reduce_retracing=True)
-    def step(xb, yb):
-        x_adv = config(model, xb, yb, clip=clip)
-        return tf.equal(tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32),
-                        tf.cast(yb, tf.int32))
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+
+def _unit_radius(config: AttackConfig) -> tuple[AttackConfig, float]:
+    """``config`` at eps 1 (its step scaled alike) and the eps that scales it back, exactly."""
+    if not config.eps:
+        return config, 1.0
+    step = None if config.step_size is None else config.step_size / config.eps
+    return dataclasses.replace(config, eps=1.0, step_size=step), float(config.eps)
+
+
+def _compiled_check(model, config: AttackConfig, clip):
+    """One traced ``(x, y, eps) -> correct`` per model, attack and clip range: eps is a tensor,
+    so every eps of an evaluation reuses the same trace (no retracing)."""
+    table = _COMPILED.setdefault(model, {})
+    key = (config, None if clip is None else tuple(clip))
+    if key not in table:
+        @tf.function(reduce_retracing=True)
+        def step(xb, yb, eps):
+            x_adv = config(model, xb, yb, clip=clip, eps_scale=eps)
+            return tf.equal(tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32),
+                            tf.cast(yb, tf.int32))
+        table[key] = step
+    return table[key]
+
+
+def reseed(seed: int) -> None:
+    """Seeds TF's random generator and drops the traced attack steps, whose random ops took
+    their seeds when they were traced: each evaluation (and each rerun with another seed) is
+    then reproducible from its seed alone."""
+    tf.random.set_seed(seed)
+    _COMPILED.clear()
+
+
+def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
+    """Per example, whether ``model`` still classifies ``x`` correctly under the attack ``config``."""
+    unit, eps = _unit_radius(config)
+    step = _compiled_check(model, unit, clip)
+    eps = tf.constant(eps, tf.float32)
     out = []
     for s in batches(len(x), batch_size):
-        out.append(step(tf.constant(x[s]), tf.constant(y[s])).numpy())
+        out.append(step(tf.constant(x[s]), tf.constant(y[s]), eps).numpy())
         progress.update(s.stop - s.start)
     return np.concatenate(out) if out else np.zeros([0], bool)
 

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.models import load_model, unwrap
+from tfrobust.utils import as_arrays, check_range
 from tfrobust.attacks import Budget, eval_attack
-from tfrobust.evaluation.cascade import (attack_settings, attacks_where,
+from tfrobust.evaluation.cascade import (attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
@@ -58,7 +59,7 @@ def parse_eps_list(text: str | Sequence) -> list[tuple[str, float]]:
 def evaluate_model(
     model: keras.Model | Callable,
     x: np.ndarray,
-    y: np.ndarray,
+    y: np.ndarray | None = None,
     *,
     attacks: Sequence[str] = ("fgsm", "bim", "cw"),
     eps: Sequence[tuple[str, float]] | str = "0.1,0.2,0.3",
@@ -80,7 +81,8 @@ def evaluate_model(
 
     Args:
         model: a Keras classifier returning logits (a RobustModel is unwrapped).
-        x, y: images in ``clip`` range and integer labels.
+        x, y: images in the ``clip`` range and their labels (``(N,)``, ``(N, 1)`` or one-hot;
+            numpy or tensors), or ``x`` a ``tf.data.Dataset`` of ``(x, y)`` batches and ``y=None``.
         attacks: names from :data:`EVAL_ATTACKS`; ``autoattack`` is the
             APGD-CE → APGD-DLR → Square cascade (see :func:`expand_attacks`).
         eps: ``[(text, value), ...]`` or a comma-separated string.
@@ -112,14 +114,18 @@ def evaluate_model(
                     square_queries=square_queries, apgd_targets=apgd_targets)
     if "square" in order and norm != "linf":
         raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"need as many labels as images, got {len(x)} images and {len(y)} labels")
+    x, y = as_arrays(x, y)
+    if y is None:
+        raise ValueError("evaluate_model needs labels: pass y, or a tf.data.Dataset of (x, y)")
+    if len(x) == 0:
+        raise ValueError("evaluate_model got no examples")
+    check_range(x, clip)
     clf = unwrap(model)
     losses.check_logits(clf, name="model")
-    tf.random.set_seed(seed)
+    reseed(seed)
     start = time.time()
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int64)
+    x = x.astype(np.float32, copy=False)
+    y = y.astype(np.int64, copy=False)
     n = len(x)
     num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
     if "apgd-dlr" in order and num_classes < 3:

@@ -6,6 +6,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.utils import as_labels
 
@@ -87,9 +88,17 @@ class StepContext:
             tape = tf.GradientTape(persistent=True)
             with tape:
                 tape.watch(xp)
-                logits = self.model(xp, training=self.training if training is None else training)
+                logits = self.forward(xp, training)
             self._forward[key] = (logits, tape)
         return self._forward[key][0]
+
+    def forward(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """The model's logits at ``x`` in at least float32 (``training=None``: the step's flag).
+
+        Under a ``mixed_float16`` policy the model computes in float16; every loss and
+        penalty is computed from these float32 logits, so the terms add up in one dtype.
+        """
+        return losses.logits_of(self.model, x, self.training if training is None else training)
 
     def input_gradient(self, point: str | AttackConfig,
                        fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],

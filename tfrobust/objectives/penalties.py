@@ -204,7 +204,7 @@ def linearity_gap(ctx: StepContext, h: float, threat: str) -> tf.Tensor:
     x = ctx.point(CLEAN)
     step = tf.stop_gradient(clip_to_range(x - scalar(h, x.dtype) * norms.steepest_step(grad, threat),
                                      ctx.clip) - x)
-    stepped = losses.decision_margin(ctx.model(x + step, training=ctx.training), ctx.y)
+    stepped = losses.decision_margin(ctx.forward(x + step), ctx.y)
     linear = tf.reduce_sum(tf.reshape(step * grad, [tf.shape(x)[0], -1]), axis=-1)
     return stepped - d - tf.cast(linear, d.dtype)
 
@@ -280,7 +280,7 @@ def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, 
     direction = finite_difference_direction(grad, norm)
     x = ctx.point(point)
     flag = ctx.training if training is None else training
-    stepped = ctx.model(x + scalar(h, x.dtype) * direction, training=flag)
+    stepped = ctx.forward(x + scalar(h, x.dtype) * direction, training=flag)
     slope = (fn(stepped, ctx.y) - fn(logits, ctx.y)) / scalar(h, logits.dtype)
     if norm == "l2_squared":
         return tf.square(slope)
