@@ -47,6 +47,10 @@ PGD7 = AttackConfig(name="pgd", eps=EPS, steps=7, random_start=True)  # recipe m
 METHODS = {
     "natural": lambda: O.CrossEntropy(),
     "jacobian_double_backprop": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.638, norm="l2"),
+    # The dual-norm recipes of issue #10 (mnist_jacobian, mnist_jacobian_curvature).
+    "jacobian_dual": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.01, threat="linf"),
+    "jacobian_curvature": lambda: (O.CrossEntropy() + O.DecisionJacobian(c=0.01, threat="linf")
+                                   + O.DecisionCurvature(c=1.0, h=0.3)),
     "jacobian_finite_difference": lambda: O.CrossEntropy() + O.DecisionJacobian(
         c=0.638, norm="l2", method="finite_difference", h=0.01),
     "input_gradient": lambda: O.CrossEntropy() + O.InputGradient(c=10.0),
@@ -143,6 +147,8 @@ def main(argv=None) -> int:
                                 "TRADES 0.001*N(0,1) start; pgd_at_40: 40 steps of 0.01; pgd7_at_emr: "
                                 "7 steps of 2.5*0.3/7 with EMR at the same point",
                      "jacobian": "c=0.638, l2, h=0.01 for finite differences",
+                     "jacobian_dual": "c=0.01, l1 (the dual of linf)",
+                     "jacobian_curvature": "c=0.01 l1 + DecisionCurvature(c=1, h=0.3)",
                      "input_gradient": "c=10, l2_squared",
                      "emr": "lam=3/128, T=40, at clean, inference-mode forward "
                             "(emr_clean_shared_forward: the step's forward, training=None)",
