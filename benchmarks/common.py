@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from tfrobust.utils import atomic_write_text, hardware, source_commit
 
