@@ -22,3 +22,10 @@ except RuntimeError:  # devices already initialised by an earlier import
 def _seed():
     keras.utils.set_random_seed(0)
     yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Reports how many generated calls the property-based suite made (tests/test_properties.py)."""
+    calls = getattr(config, "tfrobust_property_calls", None)
+    if calls is not None:
+        terminalreporter.write_line(f"property-based API tests: {calls} generated calls")
