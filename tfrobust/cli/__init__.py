@@ -68,6 +68,25 @@ def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, obje
     return parser, module
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with the C++ start-up lines (written to fd 2 before its logging starts,
+    whatever TF_CPP_MIN_LOG_LEVEL says) sent to /dev/null; ``--debug`` keeps them."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        tf.config.list_physical_devices()  # device discovery logs its lines now, not mid-run
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _verb_of(argv: list[str]) -> str | None:
     for arg in argv:
         if not arg.startswith("-"):
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or bool(os.environ.get("TFROBUST_DEBUG"))
+    if args.verb != "recipes" and not debug:
+        _import_tensorflow_quietly()
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
