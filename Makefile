@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= quickstart_out
 
-.PHONY: quickstart test test-slow venv clean
+.PHONY: quickstart test test-slow venv clean wheel-check
 
 venv: $(BIN)/tfrobust
 
@@ -26,6 +26,18 @@ test: venv
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
+
+# The wheel alone, outside the repo: recipes ship inside it and the console script works from any folder.
+wheel-check: venv
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	set -e; tmp=$$(mktemp -d /tmp/tfrobust-wheel.XXXXXX); \
+	$(PYTHON) -m venv $$tmp/venv; \
+	$$tmp/venv/bin/pip install -q dist/tfrobust-*.whl; \
+	cd $$tmp; ./venv/bin/tfrobust --help > /dev/null; ./venv/bin/tfrobust recipes | grep -q digits_tiny; \
+	./venv/bin/tfrobust train --config digits_tiny --out run; test -f run/model.keras; \
+	cd - > /dev/null; rm -rf $$tmp; echo "wheel-check: the installed wheel listed the recipes and trained digits_tiny"
+	rm -rf dist build
 
 clean:
 	rm -rf $(VENV) $(OUT)

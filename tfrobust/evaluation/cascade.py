@@ -81,8 +81,9 @@ def _compiled_check(model, config: AttackConfig, clip):
 
 def reseed(seed: int) -> None:
     """Seeds TF's random generator and drops the traced attack steps, whose random ops took
-    their seeds when they were traced: each evaluation (and each rerun with another seed) is
-    then reproducible from its seed alone."""
+    their seeds when they were traced: each evaluation is then reproducible from its seed alone.
+    (The seed-stability rerun inside an evaluation keeps the traces: it draws the next random
+    numbers of the same streams, which is all that check needs, and traces nothing again.)"""
     tf.random.set_seed(seed)
     _COMPILED.clear()
 

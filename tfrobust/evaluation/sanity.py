@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig, eval_attack
-from tfrobust.evaluation.cascade import attacks_where, correct_under, reseed, run_attacks
+from tfrobust.evaluation.cascade import attacks_where, correct_under, run_attacks
 from tfrobust.utils import batches
 
 __all__ = [
@@ -186,7 +186,7 @@ def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, r
     rerun_stages = stages if attacks_where(stages, "randomised") else []
     rerun_alone = [a for a in randomised if a not in stages]
     if randomised:
-        reseed(seed + 1)
+        tf.random.set_seed(seed + 1)
         rerun = run_attacks(clf, x, y, clean_correct, rerun_stages + rerun_alone, rerun_stages,
                              [(key, value)], make_config, batch_size=batch_size, clip=clip, bar=bar)
         before = robust_all[key][:m]
@@ -198,12 +198,12 @@ def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, r
         pgd = AttackConfig(name="pgd", eps=value, steps=steps, norm=norm, random_start=True)
         results = []
         for s in (seed, seed + 1):
-            reseed(s)
+            tf.random.set_seed(s)
             bar.set_postfix_str(f"sanity: pgd seed {s}")
             results.append(clean_correct & correct_under(clf, pgd, x, y, batch_size, clip, bar))
         before, after = results
         what = f"pgd-{steps} with random start (no randomised attack was run)"
-    reseed(seed)
+    tf.random.set_seed(seed)
     return {"eps": key, "m": int(m), "seed": int(seed), "accuracy": float(before.mean()),
             "accuracy_rerun": float(after.mean()), "changed": int((before != after).sum()),
             "tolerance": seed_tolerance(m), "what": what}
