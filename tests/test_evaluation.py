@@ -351,3 +351,18 @@ def test_registry_reports_the_settings_that_ran():
         eval_attack("fab")
     with pytest.raises(ValueError, match="steps=0"):
         Budget(steps=0)
+
+
+def test_one_trace_per_attack_serves_every_eps(caplog):
+    """eps and the step travel as tensors: six eps values of four attacks trace four steps."""
+    import logging
+    model, x, y = trained_linear(n=40)
+    with caplog.at_level(logging.WARNING):
+        res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "bim", "cw", "pgd"],
+                                        eps="0.05,0.1,0.15,0.2,0.25,0.3", batch_size=20,
+                                        step_size={"bim": 0.1, "cw": 0.1, "pgd": None}, progress=False)
+    assert "retracing" not in caplog.text
+    traced = [f for f in cascade._COMPILED[model].values()]
+    assert len(traced) == 5  # four attacks and the sanity check's unbounded PGD
+    assert all(f.experimental_get_tracing_count() == 1 for f in traced)
+    assert res["settings"]["bim"]["step_size"] == 0.1

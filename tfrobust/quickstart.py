@@ -52,6 +52,7 @@ def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int =
     start = time.time()
     x_test, y_test = data.load("mnist", "test", n_test)
     report = {"dataset": "mnist", "n_test": n_test, "model": f"mnist_cnn(width={width})", "seed": seed,
+              "commit": utils.source_commit(), "hardware": utils.hardware(),
               "recipes": {}, "models": {},
               "paper": {k: PAPER_TABLE1[k] for k in ("natural", "decision_jacobian")}}
     for name, recipe_name in (("natural", "mnist_natural"), ("decision_jacobian", recipe)):

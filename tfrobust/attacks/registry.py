@@ -97,13 +97,18 @@ class AttackConfig:
         return self.loss
 
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
-                 eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
+                 eps_scale: float | tf.Tensor | None = None,
+                 step_scale: float | tf.Tensor | None = None) -> tf.Tensor:
         """Runs the attack on a batch.
 
         ``eps_scale`` (a scalar, possibly a tensor) multiplies ``eps`` and the
         step size: training uses it to ramp the threat radius up (eps warm-up).
+        ``step_scale``, if given, multiplies the step size instead (evaluation
+        passes both as tensors, so one trace serves every eps).
         """
         eps, step_size = scale_radius(self.eps, self.resolved_step_size, eps_scale)
+        if step_scale is not None:
+            step_size = scale_radius(self.eps, self.resolved_step_size, step_scale)[1]
         if self.name == "fgsm":
             return fgsm(model, x, y, eps=eps, norm=self.norm, clip=clip, loss=self.loss,
                         targeted=self.targeted, training=training)

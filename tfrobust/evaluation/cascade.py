@@ -56,23 +56,25 @@ _SILENT = _Silent()
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _unit_radius(config: AttackConfig) -> tuple[AttackConfig, float]:
-    """``config`` at eps 1 (its step scaled alike) and the eps that scales it back, exactly."""
-    if not config.eps:
-        return config, 1.0
-    step = None if config.step_size is None else config.step_size / config.eps
-    return dataclasses.replace(config, eps=1.0, step_size=step), float(config.eps)
+def _unit_radius(config: AttackConfig) -> tuple[AttackConfig, float, float]:
+    """``config`` at eps 1 and step 1, and the eps and step that scale it back exactly.
+
+    With the default step (``2.5 * eps / steps``) the step scales with eps.
+    """
+    if config.step_size is None:
+        return dataclasses.replace(config, eps=1.0), float(config.eps), float(config.eps)
+    return dataclasses.replace(config, eps=1.0, step_size=1.0), float(config.eps), float(config.step_size)
 
 
 def _compiled_check(model, config: AttackConfig, clip):
-    """One traced ``(x, y, eps) -> correct`` per model, attack and clip range: eps is a tensor,
-    so every eps of an evaluation reuses the same trace (no retracing)."""
+    """One traced ``(x, y, eps, step) -> correct`` per model, attack and clip range: eps and the
+    step are tensors, so every eps of an evaluation reuses the same trace (no retracing)."""
     table = _COMPILED.setdefault(model, {})
     key = (config, None if clip is None else tuple(clip))
     if key not in table:
         @tf.function(reduce_retracing=True)
-        def step(xb, yb, eps):
-            x_adv = config(model, xb, yb, clip=clip, eps_scale=eps)
+        def step(xb, yb, eps, step_size):
+            x_adv = config(model, xb, yb, clip=clip, eps_scale=eps, step_scale=step_size)
             return tf.equal(tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32),
                             tf.cast(yb, tf.int32))
         table[key] = step
@@ -90,12 +92,12 @@ def reseed(seed: int) -> None:
 
 def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
     """Per example, whether ``model`` still classifies ``x`` correctly under the attack ``config``."""
-    unit, eps = _unit_radius(config)
+    unit, eps, step_size = _unit_radius(config)
     step = _compiled_check(model, unit, clip)
-    eps = tf.constant(eps, tf.float32)
+    eps, step_size = tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32)
     out = []
     for s in batches(len(x), batch_size):
-        out.append(step(tf.constant(x[s]), tf.constant(y[s]), eps).numpy())
+        out.append(step(tf.constant(x[s]), tf.constant(y[s]), eps, step_size).numpy())
         progress.update(s.stop - s.start)
     return np.concatenate(out) if out else np.zeros([0], bool)
 
