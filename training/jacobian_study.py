@@ -127,6 +127,12 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(run: dict) -> str:
+    s = run["settings"]
+    label = f"c{s['c']:g}" + (f" k{s['k']:g} h{s['h']:g}" if s["k"] else "") + f" e{s['epochs']}"
+    return label + (" 20k" if s["n_train"] else "")
+
+
 def plot_frontier(rows: list[dict], path: Path) -> None:
     """Clean vs worst case over the paper's attacks at eps 0.2 and 0.3, with the paper's point."""
     import matplotlib
@@ -134,25 +140,31 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     paper = PAPER_TABLE1["decision_jacobian"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for ax, eps in zip(axes, ("0.2", "0.3")):
         for r in rows:
             v = r["validation"]
-            curv = bool(r["settings"]["k"])
+            curv, full = bool(r["settings"]["k"]), not r["settings"]["n_train"]
             ax.scatter(v["worst_case"][eps], v["clean_accuracy"], marker="s" if curv else "o",
-                       color="tab:red" if curv else "tab:blue", s=18 + 2 * r["settings"]["epochs"])
-            ax.annotate(r["run"], (v["worst_case"][eps], v["clean_accuracy"]), fontsize=5,
-                        xytext=(3, 2), textcoords="offset points")
-        ax.scatter(min(paper[a][eps] for a in PAPER_ATTACKS), paper["clean"], marker="*", s=160,
-                   color="black", label="paper (test set, min over its attacks)")
-        ax.scatter([], [], marker="o", color="tab:blue", label="Jacobian only")
-        ax.scatter([], [], marker="s", color="tab:red", label="Jacobian + curvature")
+                       color="tab:red" if curv else "tab:blue", s=60 if full else 22,
+                       edgecolors="black" if full else "none", zorder=3)
+            if full or v["clean_accuracy"] < 0.965:
+                ax.annotate(_short(r), (v["worst_case"][eps], v["clean_accuracy"]), fontsize=7,
+                            xytext=(4, -3), textcoords="offset points")
+        ax.scatter(min(paper[a][eps] for a in PAPER_ATTACKS), paper["clean"], marker="*", s=220,
+                   color="black", zorder=4)
         ax.set_xlabel(f"worst case over FGSM/BIM/C&W at eps {eps} (validation)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("clean accuracy (validation)")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Decision-Jacobian sweep: the clean/robust trade-off (marker size: epochs)")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="*", color="black", ls="", ms=12),
+               plt.Line2D([], [], marker="o", color="tab:blue", ls=""),
+               plt.Line2D([], [], marker="s", color="tab:red", ls=""),
+               plt.Line2D([], [], marker="s", color="white", mec="black", ls="", ms=8)]
+    fig.legend(handles, ["paper (test set, min over its attacks)", "Jacobian only", "Jacobian + curvature",
+                         "outlined: all 55k images (else 20k pilots)"], loc="lower center", ncol=4,
+               fontsize=8, frameon=False)
+    fig.suptitle("Decision-Jacobian sweep on 2,000 held-out training images: the clean/robust trade-off")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -8,15 +8,13 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks.base import (
-    check_clip,
     check_fraction,
-    check_model,
     check_number,
     check_static_int,
     clip_to_range,
+    prepare_inputs,
     resolve_labels,
 )
-from tfrobust.utils import check_range
 
 __all__ = [
     "apgd",
@@ -127,16 +125,9 @@ def apgd(
                              f"the default loss (got targeted={targeted!r}, loss={loss!r})")
     check_fraction("rho", rho)
     check_fraction("alpha", alpha)
-    check_clip(clip)
-    norms.validate_norm(norm)
     loss_fn = losses.attack_loss(loss)
-    check_model(model)
 
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    x = tf.stop_gradient(x)
-    check_range(x, clip)
+    x = prepare_inputs(model, x, clip=clip, norm=norm)
     dtype = x.dtype
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     direction = tf.cast(-1.0 if targeted else 1.0, dtype)

@@ -7,8 +7,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfrobust import losses
-from tfrobust.utils import as_labels, scalar
+from tfrobust import losses, norms
+from tfrobust.utils import as_labels, check_range, scalar
 
 __all__ = [
     "check_number",
@@ -17,6 +17,7 @@ __all__ = [
     "check_static_int",
     "check_fraction",
     "clip_to_range",
+    "prepare_inputs",
     "scale_radius",
     "default_step_size",
     "resolve_labels",
@@ -96,6 +97,25 @@ def clip_to_range(x: tf.Tensor, clip) -> tf.Tensor:
     if clip is None:
         return x
     return tf.clip_by_value(x, scalar(clip[0], x.dtype), scalar(clip[1], x.dtype))
+
+
+def prepare_inputs(model, x, *, clip, norm: str) -> tf.Tensor:
+    """Checks an attack's model, clip range, norm and inputs; returns ``x`` as a float tensor
+    without gradient. Every attack starts here.
+
+    Raises:
+        ValueError: naming a bad clip range or norm, a model that outputs probabilities, or
+            inputs outside the clip range (eager only, see :func:`tfrobust.utils.check_range`).
+    """
+    check_clip(clip)
+    norms.validate_norm(norm)
+    check_model(model)
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    x = tf.stop_gradient(x)
+    check_range(x, clip)
+    return x
 
 
 def check_static_int(name: str, value) -> None:

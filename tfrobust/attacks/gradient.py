@@ -8,14 +8,12 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks.base import (
-    check_clip,
-    check_model,
     check_number,
     clip_to_range,
     default_step_size,
+    prepare_inputs,
     resolve_labels,
 )
-from tfrobust.utils import check_range
 
 __all__ = [
     "fgsm",
@@ -74,16 +72,9 @@ def pgd(
     check_number("eps", eps)
     check_number("steps", steps, integer=True)
     check_number("step_size", step_size)
-    check_clip(clip)
-    norms.validate_norm(norm)
     loss_fn = losses.attack_loss(loss)
-    check_model(model)
 
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    x = tf.stop_gradient(x)
-    check_range(x, clip)
+    x = prepare_inputs(model, x, clip=clip, norm=norm)
     labels = resolve_labels(model, x, y, targeted=targeted, training=training)
     direction = tf.cast(-1.0 if targeted else 1.0, x.dtype)
     step_size = tf.cast(step_size, x.dtype)

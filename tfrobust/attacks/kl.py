@@ -8,13 +8,8 @@ from typing import Callable, ClassVar
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import (
-    check_number,
-    clip_to_range,
-    default_step_size,
-    scale_radius,
-)
-from tfrobust.utils import check_range, scalar
+from tfrobust.attacks.base import check_number, clip_to_range, default_step_size, prepare_inputs, scale_radius
+from tfrobust.utils import scalar
 
 __all__ = [
     "kl_divergence",
@@ -61,12 +56,7 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
     Returns:
         Adversarial inputs, same shape and dtype as ``x``, without gradient.
     """
-    norms.validate_norm(norm)
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    x = tf.stop_gradient(x)
-    check_range(x, clip)
+    x = prepare_inputs(model, x, clip=clip, norm=norm)
     clean_logits = tf.stop_gradient(losses.logits_of(model, x, training))
     step_size = scalar(step_size, x.dtype)
     x_adv = x + scalar(init_std, x.dtype) * gaussian_noise(tf.shape(x), x.dtype, seed)

@@ -6,17 +6,15 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfrobust import losses, norms
+from tfrobust import losses
 from tfrobust.attacks.base import (
-    check_clip,
     check_fraction,
-    check_model,
     check_number,
     check_static_int,
     clip_to_range,
+    prepare_inputs,
     resolve_labels,
 )
-from tfrobust.utils import check_range
 
 __all__ = [
     "square",
@@ -122,17 +120,10 @@ def square(
     check_static_int("queries", queries)
     check_fraction("p_init", p_init)
     check_number("retries", retries, integer=True)
-    check_clip(clip)
-    norms.validate_norm(norm)
     if norm != "linf":
         raise ValueError(f"norm={norm!r}: square supports only 'linf'")
-    check_model(model)
 
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    x = tf.stop_gradient(x)
-    check_range(x, clip)
+    x = prepare_inputs(model, x, clip=clip, norm=norm)
     dtype = x.dtype
     if int(queries) == 0:
         return tf.stop_gradient(clip_to_range(x, clip))
