@@ -356,7 +356,8 @@ def test_registry_reports_the_settings_that_ran():
 def test_one_trace_per_attack_serves_every_eps(caplog):
     """eps and the step travel as tensors: six eps values of four attacks trace four steps."""
     import logging
-    model, x, y = trained_linear(n=40)
+    model, x, y = trained_linear(n=45)
+    y[:3] = (y[:3] + 1) % 3  # three misclassified: each stage attacks batches of 20, 20 and 2
     with caplog.at_level(logging.WARNING):
         res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "bim", "cw", "pgd"],
                                         eps="0.05,0.1,0.15,0.2,0.25,0.3", batch_size=20,

@@ -66,13 +66,19 @@ def _unit_radius(config: AttackConfig) -> tuple[AttackConfig, float, float]:
     return dataclasses.replace(config, eps=1.0, step_size=1.0), float(config.eps), float(config.step_size)
 
 
-def _compiled_check(model, config: AttackConfig, clip):
-    """One traced ``(x, y, eps, step) -> correct`` per model, attack and clip range: eps and the
-    step are tensors, so every eps of an evaluation reuses the same trace (no retracing)."""
+def _compiled_check(model, config: AttackConfig, clip, x: np.ndarray, y: np.ndarray):
+    """One traced ``(x, y, eps, step) -> correct`` per model, attack, clip range and input kind.
+
+    The batch size is left open and eps and the step are tensors, so every eps, and every
+    batch of the survivors a cascade stage attacks, reuses the same trace (no retracing).
+    """
     table = _COMPILED.setdefault(model, {})
-    key = (config, None if clip is None else tuple(clip))
+    key = (config, None if clip is None else tuple(clip), x.shape[1:], x.dtype.str, y.dtype.str)
     if key not in table:
-        @tf.function(reduce_retracing=True)
+        scalar = tf.TensorSpec([], tf.float32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]], x.dtype),
+                                      tf.TensorSpec([None], y.dtype), scalar, scalar])
         def step(xb, yb, eps, step_size):
             x_adv = config(model, xb, yb, clip=clip, eps_scale=eps, step_scale=step_size)
             return tf.equal(tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32),
@@ -93,7 +99,7 @@ def reseed(seed: int) -> None:
 def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
     """Per example, whether ``model`` still classifies ``x`` correctly under the attack ``config``."""
     unit, eps, step_size = _unit_radius(config)
-    step = _compiled_check(model, unit, clip)
+    step = _compiled_check(model, unit, clip, x, y)
     eps, step_size = tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32)
     out = []
     for s in batches(len(x), batch_size):
