@@ -138,16 +138,19 @@ def test_cli_evaluate_missing_model(capsys):
 # --- strong evaluation: APGD / Square cascade, masking and seed checks --------------------------
 
 def test_expand_attacks():
-    assert evaluation.expand_attacks(["fgsm", "autoattack"]) == (
+    assert evaluation.expand_attacks(["fgsm", "autoattack-lite"]) == (
         ["fgsm", "apgd-ce", "apgd-dlr", "square"], ["apgd-ce", "apgd-dlr", "square"])
+    # The standard AutoAttack (Croce & Hein 2020).
+    assert evaluation.expand_attacks(["autoattack"]) == (
+        ["apgd-ce", "apgd-t", "fab-t", "square"], ["apgd-ce", "apgd-t", "fab-t", "square"])
     # A name the cascade already holds adds nothing; without autoattack names run standalone.
-    assert evaluation.expand_attacks(["square", "autoattack"]) == (
+    assert evaluation.expand_attacks(["square", "autoattack-lite"]) == (
         ["apgd-ce", "apgd-dlr", "square"], ["apgd-ce", "apgd-dlr", "square"])
     assert evaluation.expand_attacks(["apgd-ce", "square"]) == (["apgd-ce", "square"], [])
     assert evaluation.expand_attacks(["pgd", "square", "pgd"], cascade=True) == (
         ["pgd", "square"], ["pgd", "square"])
-    with pytest.raises(ValueError, match="'fab'"):
-        evaluation.expand_attacks(["fab"])
+    with pytest.raises(ValueError, match="'deepfool'"):
+        evaluation.expand_attacks(["deepfool"])
 
 
 def test_run_cascade_attacks_only_the_survivors():
@@ -187,7 +190,7 @@ def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
         return out
 
     monkeypatch.setattr(cascade, "correct_under", recording)
-    res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "autoattack"], eps="0.05,0.1",
+    res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "autoattack-lite"], eps="0.05,0.1",
                                     apgd_steps=10, square_queries=100, sanity=False, progress=False)
     assert list(res["attacks"]) == ["fgsm", "apgd-ce", "apgd-dlr", "square"]
     for key, eps in (("0.05", 0.05), ("0.1", 0.1)):
@@ -210,7 +213,7 @@ def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
 
 def test_strong_evaluation_passes_the_sanity_checks_on_an_honest_model():
     model, x, y = trained_linear(n=200)
-    res = evaluation.evaluate_model(model, x, y, attacks=["autoattack"], eps="0.05,0.1",
+    res = evaluation.evaluate_model(model, x, y, attacks=["autoattack-lite"], eps="0.05,0.1",
                                     apgd_steps=10, square_queries=100, progress=False)
     by = {c["name"]: c for c in res["sanity"]["checks"]}
     assert res["sanity"]["passed"], res["sanity"]
@@ -228,7 +231,7 @@ def test_masking_check_flags_square_beating_the_white_box_attacks():
     masked = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Lambda(tf.stop_gradient),
                                keras.layers.Flatten(), keras.layers.Dense(3)])
     masked.layers[-1].set_weights(model.layers[-1].get_weights())
-    res = evaluation.evaluate_model(masked, x, y, attacks=["autoattack"], eps="0.1",
+    res = evaluation.evaluate_model(masked, x, y, attacks=["autoattack-lite"], eps="0.1",
                                     apgd_steps=10, square_queries=200, progress=False)
     by = {c["name"]: c for c in res["sanity"]["checks"]}
     assert not by["white_box_not_weaker_than_square"]["passed"]
@@ -270,7 +273,7 @@ def test_seed_tolerance_is_three_sigma_for_five_percent_seed_dependent_examples(
 def test_cli_evaluate_autoattack_cascade(digits_model, tmp_path):
     out = tmp_path / "eval.json"
     code = main(["evaluate", "--model", str(digits_model), "--dataset", "digits", "--n", "60",
-                 "--attacks", "fgsm,autoattack", "--eps", "0.1", "--apgd-steps", "5",
+                 "--attacks", "fgsm,autoattack-lite", "--eps", "0.1", "--apgd-steps", "5",
                  "--square-queries", "30", "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
@@ -347,8 +350,11 @@ def test_registry_reports_the_settings_that_ran():
     assert [c.target_rank for c in configs] == [2, 3, 4] and all(c.eps == 0.1 for c in configs)
     flags = {name: (a.iterative, a.randomised, a.black_box) for name, a in EVAL_ATTACK_REGISTRY.items()}
     assert flags["fgsm"] == (False, False, False) and flags["square"] == (False, True, True)
-    with pytest.raises(ValueError, match="'fab'"):
-        eval_attack("fab")
+    assert s["fab-t"]["targets"] == 9 and s["fab-t"]["steps"] == 100 and s["fab-t"]["minimal_norm"]
+    assert [c.target_rank for c in eval_attack("fab-t").configs(0.1, Budget(fab_targets=2))] == [2, 3]
+    assert s["fmn"]["loss"] == "margin" and s["fab"]["loss"] == "linearised boundary"
+    with pytest.raises(ValueError, match="'deepfool'"):
+        eval_attack("deepfool")
     with pytest.raises(ValueError, match="steps=0"):
         Budget(steps=0)
 

@@ -92,10 +92,15 @@ def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:
 
 
 def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
-    """Projects each example of ``delta`` onto the ``norm`` ball of radius ``eps``."""
+    """Projects each example of ``delta`` onto the ``norm`` ball of radius ``eps``.
+
+    ``eps`` is a scalar or one radius per example (shape ``[batch]``).
+    """
     validate_norm(norm)
     eps = tf.cast(eps, delta.dtype)
     if norm == "linf":
+        if eps.shape.rank == 1:
+            eps = _expand_like(eps, delta)
         return tf.clip_by_value(delta, -eps, eps)
     n = per_example_norm(delta, "l2")
     scale = tf.minimum(tf.ones_like(n), eps / tf.maximum(n, _TINY))

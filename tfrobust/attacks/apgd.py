@@ -13,6 +13,7 @@ from tfrobust.attacks.base import (
     check_static_int,
     clip_to_range,
     prepare_inputs,
+    ranked_class,
     resolve_labels,
 )
 
@@ -138,7 +139,7 @@ def apgd(
         if num_classes is not None and (num_classes < 4 or target_rank > num_classes):
             raise ValueError(f"target_rank={target_rank} needs at least 4 classes and at most as many "
                              f"as the model's {num_classes}")
-        target = tf.math.top_k(clean_logits, k=target_rank).indices[:, target_rank - 1]
+        target = ranked_class(clean_logits, target_rank)
         loss_fn = lambda logits, labels: losses.dlr_targeted_loss(logits, labels, target)  # noqa: E731
 
     def project(z):

@@ -21,6 +21,7 @@ __all__ = [
     "scale_radius",
     "default_step_size",
     "resolve_labels",
+    "ranked_class",
 ]
 
 
@@ -130,3 +131,17 @@ def check_fraction(name: str, value) -> None:
     check_number(name, value)
     if not 0 <= value <= 1:
         raise ValueError(f"{name}={value!r} must be in [0, 1]")
+
+
+def ranked_class(logits: tf.Tensor, rank: int, *, num_classes: int | None = None) -> tf.Tensor:
+    """The class with the ``rank``-th largest logit per example (2 = the runner-up): the target
+    of APGD-T and FAB-T.
+
+    Raises:
+        ValueError: unless ``2 <= rank <=`` the number of classes (when it is known statically).
+    """
+    check_static_int("rank", rank)
+    classes = num_classes if num_classes is not None else logits.shape[-1]
+    if rank < 2 or (classes is not None and rank > classes):
+        raise ValueError(f"target_rank={rank!r} must be in 2..{classes} (the model's classes)")
+    return tf.math.top_k(logits, k=rank).indices[:, rank - 1]

@@ -11,6 +11,7 @@ from tfrobust import losses, norms
 from tfrobust.attacks.apgd import apgd
 from tfrobust.attacks.base import check_number, default_step_size, scale_radius
 from tfrobust.attacks.gradient import bim, cw, fgsm, pgd
+from tfrobust.attacks.minimal import fab, fmn
 from tfrobust.attacks.square import square
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 
 
 ATTACKS: dict[str, Callable] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "cw": cw, "apgd": apgd,
-                               "square": square}
+                               "square": square, "fab": fab, "fmn": fmn}
 """Attack name -> function."""
 
 
@@ -50,6 +51,10 @@ class AttackConfig:
     ``loss`` picks APGD-CE or APGD-DLR, or ``target_rank`` makes it one run of
     APGD-T (see :func:`apgd`); for ``name="square"`` ``steps`` is the query
     budget, the loss is always the margin and ``norm`` must be ``"linf"``.
+    The minimal-norm attacks ``"fab"`` (``target_rank``: FAB-T) and ``"fmn"``
+    run as bounded attacks here: they return their closest adversarial point
+    where it lies within ``eps``, else the clean input (:meth:`minimal` gives
+    the distances themselves).
     """
 
     name: str = "pgd"
@@ -72,8 +77,9 @@ class AttackConfig:
         losses.attack_loss(self.loss)
         if self.name == "square" and self.norm != "linf":
             raise ValueError(f"norm={self.norm!r}: square supports only 'linf'")
-        if self.target_rank is not None and self.name != "apgd":
-            raise ValueError(f"target_rank={self.target_rank!r}: only apgd (APGD-T) takes a target rank")
+        if self.target_rank is not None and self.name not in ("apgd", "fab"):
+            raise ValueError(f"target_rank={self.target_rank!r}: only apgd (APGD-T) and fab (FAB-T) "
+                             "take a target rank")
 
     @property
     def resolved_step_size(self) -> float:
@@ -89,7 +95,12 @@ class AttackConfig:
 
     @property
     def resolved_loss(self) -> str:
-        """The loss the attack actually climbs (C&W: the margin; Square: the margin; APGD-T: targeted DLR)."""
+        """The loss the attack actually climbs (C&W: the margin; Square: the margin; APGD-T: targeted DLR;
+        FAB: the linearised boundary; FMN: the margin)."""
+        if self.name == "fab":
+            return "linearised boundary" + (" (targeted)" if self.target_rank is not None else "")
+        if self.name == "fmn":
+            return "margin"
         if self.name in ("cw", "square"):
             return "cw" if self.name == "cw" else "margin"
         if self.target_rank is not None:
@@ -120,9 +131,28 @@ class AttackConfig:
         if self.name == "square":
             return square(model, x, y, eps=eps, queries=self.steps, norm=self.norm, clip=clip,
                           targeted=self.targeted, training=training)
+        if self.name in ("fab", "fmn"):
+            x_adv, distance = self.minimal(model, x, y, clip=clip, training=training)
+            within = distance <= tf.cast(eps, distance.dtype)
+            within = tf.reshape(within, tf.concat([tf.shape(within), tf.ones([tf.rank(x_adv) - 1], tf.int32)], 0))
+            return tf.where(within, x_adv, tf.cast(x, x_adv.dtype))
         return pgd(model, x, y, eps=eps, steps=self.steps, step_size=step_size,
                    norm=self.norm, random_start=self.resolved_random_start, clip=clip, loss=self.resolved_loss,
                    targeted=self.targeted, training=training)
+
+    def minimal(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Runs a minimal-norm attack (``fab`` or ``fmn``): ``(x_adv, distance)`` per example.
+
+        Raises:
+            ValueError: if this config is not a minimal-norm attack.
+        """
+        if self.name == "fab":
+            return fab(model, x, y, norm=self.norm, steps=self.steps, target_rank=self.target_rank,
+                       clip=clip, training=training)
+        if self.name == "fmn":
+            return fmn(model, x, y, norm=self.norm, steps=self.steps, clip=clip, training=training)
+        raise ValueError(f"attack {self.name!r} is not a minimal-norm attack (fab, fmn)")
 
     def to_dict(self) -> dict:
         """JSON-friendly description."""
@@ -144,6 +174,9 @@ class Budget:
         apgd_steps: iterations of each APGD run (published: 100).
         square_queries: Square's query budget (AutoAttack standard: 5000).
         apgd_targets: target classes of APGD-T, from the runner-up down (standard: 9).
+        fab_steps: iterations of each FAB run (standard: 100).
+        fab_targets: target classes of FAB-T (standard: 9).
+        fmn_steps: iterations of FMN (published: 100 to 1000).
     """
 
     steps: int = 10
@@ -152,9 +185,13 @@ class Budget:
     apgd_steps: int = 100
     square_queries: int = 5000
     apgd_targets: int = 9
+    fab_steps: int = 100
+    fab_targets: int = 9
+    fmn_steps: int = 100
 
     def __post_init__(self):
-        for name in ("steps", "apgd_steps", "square_queries", "apgd_targets"):
+        for name in ("steps", "apgd_steps", "square_queries", "apgd_targets", "fab_steps", "fab_targets",
+                     "fmn_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -203,6 +240,8 @@ class EvalAttack:
             out["queries"] = first.steps
         elif first.name != "fgsm":
             out["steps"] = first.steps
+        if first.name in ("fab", "fmn"):
+            out["minimal_norm"] = True
         if first.name in ("bim", "pgd", "cw"):
             given = budget.step_for(self.name)
             out["step_size"] = "2.5*eps/steps" if given is None else float(given)
@@ -233,11 +272,25 @@ def _apgd_targeted(eps, budget):
                  for r in range(2, 2 + budget.apgd_targets))
 
 
+def _fab(eps, budget):
+    return (AttackConfig(name="fab", eps=eps, steps=budget.fab_steps, norm=budget.norm),)
+
+
+def _fab_targeted(eps, budget):
+    return tuple(AttackConfig(name="fab", eps=eps, steps=budget.fab_steps, norm=budget.norm, target_rank=r)
+                 for r in range(2, 2 + budget.fab_targets))
+
+
+def _fmn(eps, budget):
+    return (AttackConfig(name="fmn", eps=eps, steps=budget.fmn_steps, norm=budget.norm),)
+
+
 def _square(eps, budget):
     return (AttackConfig(name="square", eps=eps, steps=budget.square_queries, norm=budget.norm),)
 
 
 _APGD_FIXED = (("initial_step", "2*eps"), ("alpha", 0.75), ("rho", 0.75))
+_FAB_FIXED = (("eta", 1.05), ("beta", 0.9), ("alpha_max", 0.1), ("restarts", 1))
 EVAL_ATTACK_REGISTRY: dict[str, EvalAttack] = {a.name: a for a in (
     EvalAttack("fgsm", _gradient("fgsm"), "one signed-gradient step of CE (Goodfellow et al.)"),
     EvalAttack("bim", _gradient("bim"), "iterated FGSM, no random start (Kurakin et al.)", iterative=True),
@@ -254,14 +307,27 @@ EVAL_ATTACK_REGISTRY: dict[str, EvalAttack] = {a.name: a for a in (
                fixed=(("loss", "targeted dlr"),
                       ("target", "classes ranked 2.. by the clean logits, one run each on the survivors"))
                + _APGD_FIXED),
+    EvalAttack("fab", _fab, "minimal-norm FAB, untargeted: the nearest linearised boundary each step "
+               "(Croce & Hein 2020)", iterative=True, fixed=_FAB_FIXED),
+    EvalAttack("fab-t", _fab_targeted, "targeted FAB, one run per runner-up class on the survivors",
+               iterative=True, targeted=True,
+               fixed=(("target", "classes ranked 2.. by the clean logits, one run each on the survivors"),)
+               + _FAB_FIXED),
+    EvalAttack("fmn", _fmn, "minimal-norm FMN: margin descent in an adaptive ball (Pintor et al. 2021)",
+               iterative=True, fixed=(("gamma", "0.05 -> 0.001"), ("alpha", "1 -> 0.01 of the radius"))),
     EvalAttack("square", _square, "score-based random search (Andriushchenko et al. 2020), L-inf only",
                randomised=True, black_box=True, fixed=(("p_init", 0.8),)),
 )}
 """Every attack evaluation runs, by name."""
 
-CASCADES: dict[str, tuple[str, ...]] = {"autoattack": ("apgd-ce", "apgd-dlr", "square")}
+CASCADES: dict[str, tuple[str, ...]] = {
+    "autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "autoattack-lite": ("apgd-ce", "apgd-dlr", "square"),
+}
 """Named cascades: each stage attacks the survivors of the earlier ones. ``autoattack`` is the
-AutoAttack-style cascade of Croce & Hein (2020) without FAB-T and APGD-T."""
+standard AutoAttack of Croce & Hein (2020): APGD-CE, APGD-T (9 targets), FAB-T (9 targets),
+Square (5,000 queries). ``autoattack-lite`` (APGD-CE, APGD-DLR, Square) was our ``autoattack``
+before FAB-T existed: about a fifth of the standard version's gradient steps."""
 
 
 def eval_attack(name: str) -> EvalAttack:

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=None,
                         help="first N examples (default: 1000, or the whole split if smaller)")
     parser.add_argument("--attacks", default="fgsm,bim,cw",
-                        help="comma-separated names from the attack registry, or the cascade "
-                             "autoattack (apgd-ce -> apgd-dlr -> square); default fgsm,bim,cw; "
+                        help="comma-separated names from the attack registry, or a cascade: "
+                             "autoattack (standard: apgd-ce -> apgd-t -> fab-t -> square) or "
+                             "autoattack-lite (apgd-ce -> apgd-dlr -> square); default fgsm,bim,cw; "
                              "an unknown name lists them all")
     parser.add_argument("--cascade", action="store_true",
                         help="run the attack list as one cascade: each attack sees only the examples "
@@ -38,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target classes of apgd-t, from the runner-up down (default 9, as in AutoAttack)")
     parser.add_argument("--square-queries", type=int, default=5000,
                         help="query budget of square (default 5000, as in AutoAttack)")
+    parser.add_argument("--fab-steps", type=int, default=100, help="iterations of each fab / fab-t run (default 100)")
+    parser.add_argument("--fab-targets", type=int, default=9, help="target classes of fab-t (default 9)")
+    parser.add_argument("--fmn-steps", type=int, default=100, help="iterations of fmn (default 100)")
+    parser.add_argument("--curve", default=None, metavar="ATTACK",
+                        help="also run this minimal-norm attack once (fab, fab-t, fmn or fmn+fab-t): the "
+                             "distance per example and the accuracy at every eps, in the JSON under 'curve'")
+    parser.add_argument("--curve-png", default=None, help="write the accuracy-vs-eps curve here (needs --curve)")
     parser.add_argument("--norm", default="linf", choices=NORMS)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
@@ -48,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust evaluate``."""
     from tfrobust import data  # pylint: disable=import-outside-toplevel
-    from tfrobust.evaluation import (EVAL_ATTACKS, evaluate_model, format_table,  # pylint: disable=import-outside-toplevel
-                                     parse_eps_list)
+    from tfrobust.evaluation import (CURVE_ATTACKS, EVAL_ATTACKS, evaluate_model,  # pylint: disable=import-outside-toplevel
+                                     format_table, parse_eps_list, plot_curve)
     from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
 
     attack_names = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -58,11 +66,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--attacks: {name!r} is unknown; choose from {','.join(EVAL_ATTACKS)}")
     if not attack_names:
         raise ValueError(f"--attacks={args.attacks!r} names no attack")
-    for flag in ("steps", "apgd_steps", "square_queries", "apgd_targets"):
+    for flag in ("steps", "apgd_steps", "square_queries", "apgd_targets", "fab_steps", "fab_targets",
+                 "fmn_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
-    if args.norm != "linf" and any(a in ("square", "autoattack") for a in attack_names):
-        raise ValueError(f"--norm={args.norm}: square (also in autoattack) supports only linf")
+    if args.norm != "linf" and any(a in ("square", "autoattack", "autoattack-lite") for a in attack_names):
+        raise ValueError(f"--norm={args.norm}: square (also in autoattack and autoattack-lite) supports only linf")
+    if args.curve is not None and args.curve not in CURVE_ATTACKS:
+        raise ValueError(f"--curve={args.curve!r} is unknown; choose one of {','.join(CURVE_ATTACKS)}")
+    if args.curve_png and args.curve is None:
+        raise ValueError("--curve-png needs --curve ATTACK")
     eps_list = parse_eps_list(args.eps)
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n={args.n} must be >= 1")
@@ -85,11 +98,15 @@ def run(args: argparse.Namespace) -> int:
                             step_size=args.step_size, norm=args.norm, batch_size=args.batch_size,
                             seed=args.seed, sanity=not args.no_sanity, cascade=args.cascade,
                             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
-                            apgd_targets=args.apgd_targets,
+                            apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
+                            fab_targets=args.fab_targets, fmn_steps=args.fmn_steps, curve=args.curve,
                             meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
     text = json.dumps(result, indent=1)
     if args.json:
         from tfrobust.utils import atomic_write_text
         atomic_write_text(Path(args.json), text + "\n")
+    if args.curve_png:
+        plot_curve(result["curve"], args.curve_png, worst_case=result["worst_case"], eps_values=dict(eps_list),
+                   title=f"{Path(args.model).name}: {args.curve}, n={result['n']}")
     print(format_table(result))
     return 0

@@ -7,8 +7,12 @@ counts an example as robust at an eps only if it survives *all* attacks run
 Attacks run standalone (each on every clean-correct example) or as a cascade
 (AutoAttack-style, docs/architecture.md): each stage attacks only the examples
 that survived the earlier stages, and reports the accuracy after it. The list
-entry ``autoattack`` is the cascade APGD-CE → APGD-DLR → Square; ``cascade=True``
+entry ``autoattack`` is the standard AutoAttack cascade APGD-CE → APGD-T → FAB-T →
+Square (``autoattack-lite``: APGD-CE → APGD-DLR → Square); ``cascade=True``
 (``--cascade``) makes the whole list one cascade in the order given.
+
+``curve=`` (``--curve``) adds one minimal-norm attack run (:mod:`tfrobust.evaluation.curve`):
+the distance found per example, hence the accuracy at every eps at once.
 
 The ``sanity`` block flags the usual signs of gradient masking (docs/architecture.md,
 §3.10): accuracy rising with eps, iterative attacks weaker than FGSM, an
@@ -20,6 +24,7 @@ The result is the evaluation JSON of docs/architecture.md
 """
 
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade
+from tfrobust.evaluation.curve import CURVE_ATTACKS, accuracy_at, minimal_distances, plot_curve
 from tfrobust.evaluation.report import evaluate_model, format_table, load_model, parse_eps_list
 from tfrobust.evaluation.sanity import sanity_checks, seed_tolerance
 
@@ -34,4 +39,8 @@ __all__ = [
     "parse_eps_list",
     "EVAL_ATTACKS",
     "format_table",
+    "CURVE_ATTACKS",
+    "accuracy_at",
+    "minimal_distances",
+    "plot_curve",
 ]

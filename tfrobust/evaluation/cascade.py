@@ -30,7 +30,7 @@ EVAL_ATTACKS = tuple(EVAL_ATTACK_REGISTRY) + tuple(CASCADES)
 """Names ``evaluate`` accepts: the attacks of the registry and its named cascades."""
 
 AUTOATTACK = CASCADES["autoattack"]
-"""The AutoAttack-style cascade (Croce & Hein 2020, without FAB and APGD-T)."""
+"""The standard AutoAttack cascade (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square."""
 
 
 def attacks_where(names, flag: str) -> list[str]:
@@ -112,7 +112,7 @@ def expand_attacks(names: Sequence[str], cascade: bool = False) -> tuple[list[st
     """Resolves an attack list into the attacks to run and the cascade among them.
 
     A cascade name of :data:`~tfrobust.attacks.CASCADES` (``autoattack`` =
-    APGD-CE → APGD-DLR → Square) runs as a cascade at its place in the list;
+    APGD-CE → APGD-T → FAB-T → Square) runs as a cascade at its place in the list;
     listing one of its attacks as well adds nothing and is dropped. With ``cascade=True`` the whole list is
     one cascade in the order given. Repeated names are dropped.
 

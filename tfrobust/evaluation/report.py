@@ -20,6 +20,7 @@ from tfrobust.utils import as_arrays, check_range
 from tfrobust.attacks import Budget, eval_attack
 from tfrobust.evaluation.cascade import (attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
+from tfrobust.evaluation.curve import check_curve_attack, curve_report, minimal_distances
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
 __all__ = [
@@ -76,6 +77,10 @@ def evaluate_model(
     apgd_steps: int = 100,
     square_queries: int = 5000,
     apgd_targets: int = 9,
+    fab_steps: int = 100,
+    fab_targets: int = 9,
+    fmn_steps: int = 100,
+    curve: str | None = None,
 ) -> dict:
     """Accuracy of ``model`` under every attack at every eps (docs/architecture.md JSON).
 
@@ -83,8 +88,9 @@ def evaluate_model(
         model: a Keras classifier returning logits (a RobustModel is unwrapped).
         x, y: images in the ``clip`` range and their labels (``(N,)``, ``(N, 1)`` or one-hot;
             numpy or tensors), or ``x`` a ``tf.data.Dataset`` of ``(x, y)`` batches and ``y=None``.
-        attacks: names from :data:`EVAL_ATTACKS`; ``autoattack`` is the
-            APGD-CE → APGD-DLR → Square cascade (see :func:`expand_attacks`).
+        attacks: names from :data:`EVAL_ATTACKS`; ``autoattack`` is the standard
+            AutoAttack cascade APGD-CE → APGD-T → FAB-T → Square, ``autoattack-lite``
+            APGD-CE → APGD-DLR → Square (see :func:`expand_attacks`).
         eps: ``[(text, value), ...]`` or a comma-separated string.
         steps: iterations of BIM, PGD and C&W.
         step_size: their step; ``None`` means ``2.5 * eps / steps``; a dict gives
@@ -104,6 +110,14 @@ def evaluate_model(
         square_queries: query budget of Square (AutoAttack standard: 5000).
         apgd_targets: target classes APGD-T tries per example, from the
             runner-up down (AutoAttack standard: 9); capped at classes - 1.
+        fab_steps: iterations of each FAB and FAB-T run (standard: 100).
+        fab_targets: target classes of FAB-T (standard: 9); capped at classes - 1.
+        fmn_steps: iterations of FMN.
+        curve: also run this minimal-norm attack (``fab``, ``fab-t``, ``fmn`` or
+            ``fmn+fab-t``, the per-example minimum of the two) once and add
+            ``result["curve"]``: the distance found per example, accuracy at
+            every eps at once, and where the curve lies above a bounded
+            attack's worst case (see :mod:`tfrobust.evaluation.curve`).
 
     Returns:
         The evaluation dict.
@@ -111,7 +125,10 @@ def evaluate_model(
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else list(eps)
     order, stages = expand_attacks(list(attacks), cascade)
     budget = Budget(steps=steps, step_size=step_size, norm=norm, apgd_steps=apgd_steps,
-                    square_queries=square_queries, apgd_targets=apgd_targets)
+                    square_queries=square_queries, apgd_targets=apgd_targets, fab_steps=fab_steps,
+                    fab_targets=fab_targets, fmn_steps=fmn_steps)
+    if curve is not None:
+        check_curve_attack(curve)
     if "square" in order and norm != "linf":
         raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
     x, y = as_arrays(x, y)
@@ -130,9 +147,12 @@ def evaluate_model(
     num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
     if "apgd-dlr" in order and num_classes < 3:
         raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
+    if curve is not None and num_classes < 2:
+        raise ValueError(f"a curve needs at least 2 classes, the model has {num_classes}")
     if "apgd-t" in order and num_classes < 4:
         raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
-    budget = dataclasses.replace(budget, apgd_targets=min(int(apgd_targets), num_classes - 1))
+    budget = dataclasses.replace(budget, apgd_targets=min(int(apgd_targets), num_classes - 1),
+                                 fab_targets=min(int(fab_targets), num_classes - 1))
     clean_correct = predict_labels(clf, x, batch_size) == y
     result = {**(meta or {}), "n": int(n), "seed": int(seed),
               "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
@@ -176,6 +196,10 @@ def evaluate_model(
                                          num_classes=int(stats["logits"].shape[-1]),
                                          black_box_gain=gain, seed_check=seed)
     bar.close()
+    if curve is not None:
+        distances = minimal_distances(clf, x, y, curve, budget, batch_size=batch_size, clip=clip,
+                                      progress=progress)
+        result["curve"] = curve_report(distances, curve, result["worst_case"], dict(eps_list), clip=clip)
     result["seconds"] = round(time.time() - start, 2)
     return result
 
@@ -187,6 +211,14 @@ def format_table(result: dict) -> str:
              "attack      " + "".join(f"{k:>9}" for k in keys)]
     for name, table in list(result["attacks"].items()) + [("worst case", result["worst_case"])]:
         lines.append(f"{name:<12}" + "".join(f"{table[k]:>9.3f}" for k in keys))
+    if "curve" in result:
+        c = result["curve"]
+        lines.append(f"curve ({c['attack']}): median distance {c['median_distance']:.4g}, "
+                     f"found for {c['found']:.1%}; at eps "
+                     + ", ".join(f"{k}: {v:.3f}" for k, v in c["at_eps"].items()))
+        for d in c["disagreements"]:
+            lines.append(f"  [WARN] eps {d['eps']}: curve {d['curve']:.3f} > worst case {d['worst_case']:.3f}: "
+                         f"{d['note']}")
     if "sanity" in result:
         lines.append("sanity: " + ("passed" if result["sanity"]["passed"] else "FAILED"))
         for c in result["sanity"]["checks"]:
