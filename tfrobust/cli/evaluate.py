@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fab-targets", type=int, default=9, help="target classes of fab-t (default 9)")
     parser.add_argument("--fmn-steps", type=int, default=100, help="iterations of fmn (default 100)")
     parser.add_argument("--curve", default=None, metavar="ATTACK",
-                        help="also run this minimal-norm attack once (fab, fab-t, fmn or fmn+fab-t): the "
+                        help="also run this minimal-norm attack once (fab, fab-t, fmn, fmn+fab or fmn+fab-t): the "
                              "distance per example and the accuracy at every eps, in the JSON under 'curve'")
     parser.add_argument("--curve-png", default=None, help="write the accuracy-vs-eps curve here (needs --curve)")
     parser.add_argument("--norm", default="linf", choices=NORMS)

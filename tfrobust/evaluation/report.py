@@ -113,8 +113,8 @@ def evaluate_model(
         fab_steps: iterations of each FAB and FAB-T run (standard: 100).
         fab_targets: target classes of FAB-T (standard: 9); capped at classes - 1.
         fmn_steps: iterations of FMN.
-        curve: also run this minimal-norm attack (``fab``, ``fab-t``, ``fmn`` or
-            ``fmn+fab-t``, the per-example minimum of the two) once and add
+        curve: also run this minimal-norm attack (``fab``, ``fab-t``, ``fmn``, or
+            ``fmn+fab`` / ``fmn+fab-t``, the per-example minimum of the two) once and add
             ``result["curve"]``: the distance found per example, accuracy at
             every eps at once, and where the curve lies above a bounded
             attack's worst case (see :mod:`tfrobust.evaluation.curve`).
