@@ -10,6 +10,14 @@ alike. Reported: the median step time per method, the ratio of medians to
 natural training, and the median of per-round ratios (robust to slow drifts in
 load).
 
+Floors (issue #14): three bare parts are timed in the same rounds, compiled, on
+the same batch and weights: ``forward`` (inference), ``attack_pass`` (forward +
+input gradient of the summed CE: one attack step without the projection) and
+``double_backprop_pass`` (forward, input gradient of the decision margin, and
+the weight gradient of its L1 norm: the penalty's work without CE or update).
+Each objective's floor is built from them with shared forward passes counted
+once (:data:`FLOORS`), and ``ratio_to_floor`` is the step's median over it.
+
 Usage::
 
     python benchmarks/step_time.py [--repeats 20] [--warmup 2] [--batch 128] [--threads N] \
@@ -70,6 +78,77 @@ METHODS = {
 """Method name -> objective. Attacks: 10 steps, eps 0.3, step 0.075 (L∞), except the last two."""
 
 
+FLOORS = {
+    "natural": "N",
+    "jacobian_double_backprop": "D + N - A",
+    "jacobian_dual": "D + N - A",
+    "jacobian_curvature": "D + N",
+    "jacobian_finite_difference": "2 A + N - F",
+    "input_gradient": "D + N - A",
+    "emr_clean": "D + N - A",
+    "emr_clean_shared_forward": "D + N - A",
+    "pgd_at_10": "10 A + N",
+    "trades_10": "10 A + 2 N",
+    "mart_10": "10 A + 2 N",
+    "pgd_at_40": "40 A + N",
+    "pgd7_at_emr": "7 A + D + N - A",
+}
+"""Each objective's floor in the parts: N natural step, F forward, A attack pass, D double-backprop pass.
+A penalty on the input gradient needs the double-backprop pass plus what a natural step adds to a
+forward and input gradient (its weight gradient and update): ``D + N - A``. The curvature term adds
+one forward and input gradient at the stepped point: ``D + N``. Finite differences: two input
+gradients and a natural step sharing a forward: ``2 A + N - F``. PGD-k AT: ``k`` attack passes and a
+natural step on the result. TRADES-k and MART-k: ``k`` attack passes and a loss on two forward passes
+(clean and adversarial), counted as two natural steps. PGD-7 + EMR at the same point: 7 attack passes,
+then the EMR penalty's double backprop sharing the adversarial forward."""
+
+
+def floor_seconds(expression: str, parts: dict) -> float:
+    """Evaluates a :data:`FLOORS` expression such as ``"10 A + 2 N - F"`` on the part medians."""
+    total, sign, coef = 0.0, 1.0, 1.0
+    for token in expression.split():
+        if token in "+-":
+            sign = 1.0 if token == "+" else -1.0
+        elif token in parts:
+            total += sign * coef * parts[token]
+            sign, coef = 1.0, 1.0
+        else:
+            coef = float(token)
+    return total
+
+
+def bare_parts(classifier, x, y):
+    """The compiled parts the floors are built from (each returns a tensor to block on)."""
+    from tfrobust import losses, norms  # pylint: disable=import-outside-toplevel
+
+    @tf.function
+    def forward(xb):
+        return classifier(xb, training=False)
+
+    @tf.function
+    def attack_pass(xb, yb):
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = tf.reduce_sum(losses.cross_entropy(classifier(xb, training=False), yb))
+        return tape.gradient(loss, xb)
+
+    @tf.function
+    def double_backprop_pass(xb, yb):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(xb)
+                d = tf.reduce_sum(losses.decision_margin(classifier(xb, training=True), yb))
+            g = inner.gradient(d, xb)
+            penalty = tf.reduce_sum(norms.per_example_norm(g, "l1"))
+        return outer.gradient(penalty, classifier.trainable_variables)
+
+    return {"F": lambda: forward(x).numpy(), "A": lambda: attack_pass(x, y).numpy(),
+            "D": lambda: double_backprop_pass(x, y)[0].numpy()}
+
+
+PART_NAMES = {"F": "forward", "A": "attack_pass", "D": "double_backprop_pass"}
+
+
 def build(objective_fn, init, width=1.0):
     model = models.RobustModel(models.mnist_cnn(width=width), objective_fn())
     model.classifier.set_weights(init)
@@ -107,18 +186,29 @@ def main(argv=None) -> int:
             trained[name].train_on_batch(x, y)
         print(f"warm-up {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
-    samples = {name: [] for name in args.methods}
-    order = list(args.methods)
+    probe = models.mnist_cnn(width=args.width)
+    probe.set_weights(init)
+    parts = bare_parts(probe, x, y)
+    steps = {name: (lambda m=trained[name]: m.train_on_batch(x, y)) for name in args.methods}
+    steps.update({PART_NAMES[k]: fn for k, fn in parts.items()})
+    for name in PART_NAMES.values():
+        for _ in range(args.warmup):
+            steps[name]()
+    samples = {name: [] for name in steps}
+    order = list(steps)
     for r in range(args.repeats):
         k = r % len(order)
         for name in order[k:] + order[:k]:
             t = time.perf_counter()
-            trained[name].train_on_batch(x, y)
+            steps[name]()
             samples[name].append(time.perf_counter() - t)
         print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
 
     median = {n: statistics.median(s) for n, s in samples.items()}
     ratio = {n: median[n] / median["natural"] for n in args.methods}
+    part_median = {k: median[PART_NAMES[k]] for k in PART_NAMES}
+    part_median["N"] = median["natural"]
+    floors = {n: floor_seconds(FLOORS[n], part_median) for n in args.methods}
     paired = {n: statistics.median(a / b for a, b in zip(samples[n], samples["natural"]))
               for n in args.methods}
     command = "python benchmarks/step_time.py " + " ".join(
@@ -136,6 +226,10 @@ def main(argv=None) -> int:
         "median_seconds": {n: round(v, 5) for n, v in median.items()},
         "ratio_to_natural": {n: round(v, 3) for n, v in ratio.items()},
         "median_per_round_ratio_to_natural": {n: round(v, 3) for n, v in paired.items()},
+        "parts_median_seconds": {PART_NAMES[k]: round(part_median[k], 5) for k in PART_NAMES},
+        "floor_formula": {n: FLOORS[n] for n in args.methods},
+        "floor_seconds": {n: round(v, 5) for n, v in floors.items()},
+        "ratio_to_floor": {n: round(median[n] / floors[n], 3) for n in args.methods},
         "quartiles_seconds": {n: [round(q, 5) for q in statistics.quantiles(s, n=4)]
                               for n, s in samples.items()},
         "min_seconds": {n: round(min(s), 5) for n, s in samples.items()},
@@ -162,11 +256,12 @@ def main(argv=None) -> int:
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     width = max(map(len, args.methods))
-    print(f"{'method':<{width}}  median s  ratio  per-round ratio  min s  ratio of mins")
+    print(f"{'method':<{width}}  median s  ratio  per-round ratio  min s  ratio of mins  / floor")
     for n in args.methods:
         mins = min(samples[n]) / min(samples["natural"])
         print(f"{n:<{width}}  {median[n]:8.4f}  {ratio[n]:5.2f}  {paired[n]:15.2f}  "
-              f"{min(samples[n]):5.3f}  {mins:13.2f}")
+              f"{min(samples[n]):5.3f}  {mins:13.2f}  {median[n] / floors[n]:7.2f}")
+    print("parts: " + ", ".join(f"{PART_NAMES[k]} {part_median[k]:.4f} s" for k in PART_NAMES))
     write_result(args.out, result, command)
     return 0
 

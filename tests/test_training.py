@@ -51,6 +51,8 @@ def test_required_recipes_exist_with_the_papers_settings():
       "train": {"epochz": 3}}, "epochz"),
     ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
       "train": {"eps_warmup_epochs": -1}}, "eps_warmup_epochs=-1"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
+      "train": {"lr_schedule": "step"}}, "lr_schedule='step'"),
 ])
 def test_bad_recipes_name_the_bad_field(tmp_path, config, match):
     path = tmp_path / "bad.yaml"
@@ -65,6 +67,20 @@ def test_eps_warmup_epochs_become_optimizer_steps(tmp_path):
     config["train"].update(epochs=1, n_train=256, eps_warmup_epochs=1.5)
     model = training.train(config, tmp_path, verbose=0)
     assert model.eps_warmup_steps == 6  # 1.5 epochs of ceil(256 / 64) = 4 steps
+
+
+def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
+    config = training.load_config("digits_tiny")
+    config.pop("monitor")
+    config["train"].update(epochs=2, n_train=256, lr_schedule="cosine", learning_rate=0.004)
+    model = training.train(config, tmp_path, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 8  # 2 epochs of ceil(256 / 64) steps
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.0, abs=1e-9)
+    schedule = model.optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["decay_steps"] == 8 and schedule["initial_learning_rate"] == pytest.approx(0.004)
+    # The checkpoint keeps the schedule: a resumed run continues on the same curve.
+    again = training.train(config, tmp_path, epochs=3, verbose=0)
+    assert again.optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 8
 
 
 def test_cli_train_writes_model_history_tensorboard(tmp_path):

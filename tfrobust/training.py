@@ -64,7 +64,11 @@ _DEFAULT_TRAIN = {
     "validation_n": 1000,
     "seed": 0,
     "eps_warmup_epochs": 0,
+    "lr_schedule": "constant",
 }
+
+LR_SCHEDULES = ("constant", "cosine")
+"""``train.lr_schedule``: a constant rate, or cosine decay from ``learning_rate`` to 0 over all epochs."""
 
 
 def config_dirs() -> list[Path]:
@@ -120,6 +124,9 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
     warmup = config["train"]["eps_warmup_epochs"]
     if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not warmup >= 0:
         raise ValueError(f"config {where!r}: eps_warmup_epochs={warmup!r} must be a non-negative number")
+    if config["train"]["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"config {where!r}: lr_schedule={config['train']['lr_schedule']!r} is unknown; "
+                         f"choose one of {LR_SCHEDULES}")
     if config["dataset"] not in data.DATASETS:
         raise ValueError(f"config {where!r}: dataset {config['dataset']!r} is unknown; "
                          f"choose one of {data.DATASETS}")
@@ -198,9 +205,12 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"strategy {name!r} is unknown; choose one of {STRATEGIES}")
 
 
-def _optimizer(settings: dict) -> keras.optimizers.Optimizer:
+def _optimizer(settings: dict, total_steps: int = 1) -> keras.optimizers.Optimizer:
     name = str(settings["optimizer"]).lower()
     lr = float(settings["learning_rate"])
+    if settings.get("lr_schedule", "constant") == "cosine":
+        # A function of the optimiser's step count, which the checkpoint keeps: resuming continues the curve.
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(int(total_steps), 1))
     wd = settings.get("weight_decay")
     if name == "adam":
         return keras.optimizers.Adam(lr, weight_decay=wd)
@@ -336,7 +346,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             model = models.RobustModel(
                 classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
                 eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)))
-            model.compile(optimizer=_optimizer(settings), metrics=["accuracy"])
+            model.compile(optimizer=_optimizer(settings, int(settings["epochs"]) * steps_per_epoch),
+                          metrics=["accuracy"])
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     train_ds = epoch_batches(x_train, y_train, batch, seed=int(settings["seed"]),
