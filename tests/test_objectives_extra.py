@@ -378,3 +378,56 @@ def test_new_terms_round_trip_through_keras_serialisation():
 def test_bad_new_term_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --- one forward pass for terms asking for either training flag (issue #14) ----------------------
+
+def test_responds_to_training_on_the_zoo_and_on_flag_layers():
+    from tfrobust import models
+    assert not models.responds_to_training(models.mnist_cnn(width=0.25))
+    assert models.responds_to_training(models.wide_resnet(depth=10, widen=1, input_shape=(8, 8, 3)))
+    for layer in (keras.layers.Dropout(0.1), keras.layers.GaussianNoise(0.1), keras.layers.Lambda(lambda t: t)):
+        net = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(3)])
+        assert models.responds_to_training(net), layer
+
+
+class _CountingNet(keras.Model):
+    """A dense net whose forward passes are counted while a step is traced."""
+
+    def __init__(self, dropout=False):
+        super().__init__()
+        self.body = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(8, activation="relu")]
+                                     + ([keras.layers.Dropout(0.0)] if dropout else []) + [keras.layers.Dense(3)])
+        self.calls = 0
+
+    def call(self, x, training=False):
+        self.calls += 1
+        return self.body(x, training=training)
+
+
+@pytest.mark.parametrize("dropout,forwards", [(False, 1), (True, 2)])
+def test_emr_shares_the_losses_forward_pass_unless_the_model_responds_to_training(dropout, forwards):
+    from tfrobust import models
+    from tfrobust import objectives as O
+    net = _CountingNet(dropout)
+    x = np.random.default_rng(0).uniform(size=(16, 4, 4, 1)).astype("float32")
+    y = np.arange(16) % 3
+    net(x[:1])
+    model = models.RobustModel(net, O.CrossEntropy() + O.EffectiveMargin(lam=0.1, temperature=2.0))
+    model.compile(optimizer="sgd")
+    before = net.calls
+    model.train_step((tf.constant(x), tf.constant(y)))  # eager: every forward pass runs once
+    assert net.calls - before == forwards
+    # Sharing changes nothing in the value or the weight gradient for a model the flag does not reach.
+    if not dropout:
+        from tfrobust.objectives import StepContext
+        results = []
+        for share in (False, True):
+            with tf.GradientTape() as tape:
+                ctx = StepContext(net, tf.constant(x), tf.constant(y), training=True, share_forward=share)
+                ctx.prepare(model.objective)
+                value = model.objective(ctx)[0]
+            results.append((float(value), [g.numpy() for g in tape.gradient(value, net.trainable_variables)]))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+        for a, b in zip(results[0][1], results[1][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

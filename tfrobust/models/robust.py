@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -28,11 +29,45 @@ from tfrobust.objectives import CLEAN, Objective, StepContext, Term, as_objectiv
 
 __all__ = [
     "RobustModel",
+    "responds_to_training",
     "unwrap",
     "load_model",
     "warmup_scale",
     "scale_loss_for_distribution",
 ]
+
+
+_FLAG_BLIND = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+"""Layers whose ``call`` takes ``training`` without using it (quantisation and LoRA hooks)."""
+
+
+def responds_to_training(model) -> bool:
+    """Whether ``model``'s output may depend on its ``training`` flag.
+
+    ``False`` only if no leaf layer's ``call`` takes a ``training`` argument, apart from the
+    layers known to ignore it (Dense, EinsumDense, Embedding). Dropout, batch norm, noise
+    layers, augmentation, ``Lambda`` and any custom layer that takes the flag count as
+    responding. Then a training step may run one forward pass for every term that asks for
+    either flag, since both give the same logits.
+    """
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        children = getattr(layer, "layers", None)
+        if children:
+            stack.extend(children)
+            continue
+        if layer is model and not hasattr(layer, "call"):
+            return True
+        if isinstance(layer, _FLAG_BLIND):
+            continue
+        try:
+            takes_flag = "training" in inspect.signature(layer.call).parameters
+        except (TypeError, ValueError):
+            takes_flag = True
+        if takes_flag:
+            return True
+    return False
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
@@ -69,6 +104,7 @@ class RobustModel(keras.Model):
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built
+        self._share_forward = None
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
@@ -95,8 +131,11 @@ class RobustModel(keras.Model):
         scale = None
         if training and self.eps_warmup_steps and self.optimizer is not None:
             scale = warmup_scale(self.optimizer.iterations, self.eps_warmup_steps)
+        if self._share_forward is None:
+            self._share_forward = not responds_to_training(self.classifier)
         ctx = StepContext(self.classifier, x, y, training=training, clip=self.clip,
-                          attack_training=self.attack_training, eps_scale=scale)
+                          attack_training=self.attack_training, eps_scale=scale,
+                          share_forward=self._share_forward)
         ctx.prepare(self.objective)
         return ctx, x, y, sample_weight
 

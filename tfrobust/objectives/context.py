@@ -33,10 +33,14 @@ class StepContext:
         attack_training: the ``training`` flag while generating attacks.
         eps_scale: multiplies every attack's radius and step (eps warm-up);
             ``None`` attacks at the configured radius.
+        share_forward: the model's logits do not depend on its ``training`` flag
+            (:func:`tfrobust.models.responds_to_training` is ``False``), so terms asking for
+            either flag at a point share one forward pass.
     """
 
     def __init__(self, model: Callable, x, y, *, training: bool, clip=(0.0, 1.0),
-                 attack_training: bool = False, eps_scale: tf.Tensor | float | None = None):
+                 attack_training: bool = False, eps_scale: tf.Tensor | float | None = None,
+                 share_forward: bool = False):
         self.model = model
         self.x = tf.convert_to_tensor(x)
         self.y = as_labels(y, num_examples=self.x.shape[0])
@@ -44,6 +48,7 @@ class StepContext:
         self.clip = clip
         self.attack_training = attack_training
         self.eps_scale = eps_scale
+        self.share_forward = bool(share_forward)
         self._points: dict = {CLEAN: self.x}
         self._forward: dict = {}
         self._gradients: dict = {}
@@ -69,7 +74,8 @@ class StepContext:
     def _forward_key(self, point, training: bool | None):
         # The step's own flag keys by the point alone (what cached_logits reads);
         # an explicit other flag gets its own forward pass, keyed (point, flag).
-        if training is None or (isinstance(self.training, bool) and bool(training) == self.training):
+        if training is None or self.share_forward or (
+                isinstance(self.training, bool) and bool(training) == self.training):
             return point
         return (point, bool(training))
 
