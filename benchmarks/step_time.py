@@ -149,6 +149,15 @@ def bare_parts(classifier, x, y):
 PART_NAMES = {"F": "forward", "A": "attack_pass", "D": "double_backprop_pass"}
 
 
+def readme_table(result: dict) -> str:
+    """The README's step-time table, from a ``step_time.json`` result (tests/test_results.py checks it)."""
+    rows = ["| objective | step / natural | step / floor | floor |", "|---|---|---|---|"]
+    for name, ratio in result["median_per_round_ratio_to_natural"].items():
+        rows.append(f"| {name} | {ratio:.2f} | {result['ratio_to_floor'][name]:.2f} | "
+                    f"{result['floor_formula'][name]} |")
+    return "\n".join(rows)
+
+
 def build(objective_fn, init, width=1.0):
     model = models.RobustModel(models.mnist_cnn(width=width), objective_fn())
     model.classifier.set_weights(init)
@@ -263,6 +272,7 @@ def main(argv=None) -> int:
               f"{min(samples[n]):5.3f}  {mins:13.2f}  {median[n] / floors[n]:7.2f}")
     print("parts: " + ", ".join(f"{PART_NAMES[k]} {part_median[k]:.4f} s" for k in PART_NAMES))
     write_result(args.out, result, command)
+    print(readme_table(result))
     return 0
 
 

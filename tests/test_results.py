@@ -1,0 +1,46 @@
+"""Committed results stay true: every benchmark JSON names its commit, and the README quotes them exactly."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+README = (REPO / "README.md").read_text()
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def load(name):
+    return json.loads((REPO / "benchmarks" / "results" / name).read_text())
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
+def test_every_benchmark_result_records_its_commit_command_and_hardware(path):
+    result = json.loads(path.read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", str(result.get("commit"))), result.get("commit")
+    assert result.get("command") and result.get("hardware")
+
+
+def test_every_result_the_readme_cites_exists():
+    cited = set(re.findall(r"benchmarks/results/([\w.]+\.json)", README))
+    assert cited, "the README cites no benchmark result"
+    assert cited <= {p.name for p in RESULTS}, cited - {p.name for p in RESULTS}
+
+
+def test_readme_step_time_table_is_the_json():
+    from step_time import readme_table
+    table = readme_table(load("step_time.json"))
+    assert table in README, "README's step-time table differs from benchmarks/results/step_time.json:\n" + table
+
+
+def test_readme_quoted_ratios_match_their_json():
+    table1 = load("step_time_table1.json")["median_seconds"]
+    assert f"costs {table1['pgd7_at_emr'] / table1['pgd_at_40']:.2f}x a PGD-40 step" in README
+    speed = load("attack_speed.json")
+    assert f"0.{round(speed['ratios']['tfrobust_over_limit'] * 1000):03d} of the physical limit" in README
+    assert f"tfrobust {speed['ratios']['tfrobust_over_art']:.1f}x faster" in README
+    serving = load("serving.json")["robustness_over_default"]
+    assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in README
