@@ -152,7 +152,8 @@ def analyse_model(name: str, model_path: Path, n: int, *, fab_steps: int, fmn_st
             "ratio_quantiles": {f"q{int(q * 100)}": float(np.quantile(ratio, q)) for q in (0.05, 0.1, 0.5, 0.9)},
             "median_distance": float(np.median(dist[found])),
             "points": {"effective_margin": em.tolist(), "distance": [float(v) if np.isfinite(v) else None
-                                                                       for v in dist]}}
+                                                                       for v in dist]},
+            "margin_values": stats[norm]["margin"].tolist()}
     # Detectors: low margin / effective margin flags PGD inputs, and misclassified clean inputs.
     eps = ADV_EPS[name]
     pgd = AttackConfig(name="pgd", eps=eps, steps=40, norm="linf", random_start=True)
@@ -167,6 +168,75 @@ def analyse_model(name: str, model_path: Path, n: int, *, fab_steps: int, fmn_st
         det[f"auroc_misclassified_{key}"] = auroc(stats["linf"][key][~correct], stats["linf"][key][correct])
     result["detection"] = det
     return result
+
+
+def calibration_distances(name: str, model_path: Path, n: int, *, fab_steps: int, fmn_steps: int,
+                          batch_size: int, test_n: int) -> dict:
+    """Served statistics and FMN+FAB distances on ``n`` held-out *training* images (55,000 on),
+    which no study model trained on: the calibration split of an ``estimated_radius``."""
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+
+    from tfrobust import data
+    from tfrobust.attacks import Budget
+    from tfrobust.evaluation import minimal_distances
+    from tfrobust.models import load_model, unwrap
+    from tfrobust.serving.export import robustness_outputs
+
+    clf = unwrap(load_model(model_path))
+    x, _ = data.load("mnist", "train")
+    x = x[len(x) - N_VAL:len(x) - N_VAL + n].astype(np.float32)
+    out = {"model": name, "n": int(len(x)), "split": f"train[{60000 - N_VAL}:{60000 - N_VAL + n}]", "threats": {}}
+    for norm in ("linf", "l2"):
+        fn = tf.function(lambda t, norm=norm: robustness_outputs(clf, t, norm))
+        stats = {k: np.concatenate([fn(tf.constant(x[s:s + batch_size]))[k].numpy()
+                                    for s in range(0, len(x), batch_size)])
+                 for k in ("predicted_class", "margin", "effective_margin")}
+        dist = minimal_distances(clf, x, stats["predicted_class"], "fmn+fab",
+                                 Budget(norm=norm, fab_steps=fab_steps, fmn_steps=fmn_steps),
+                                 batch_size=batch_size, progress=True)
+        out["threats"][norm] = {"margin": stats["margin"].tolist(), "effective_margin": stats["effective_margin"].tolist(),
+                                "distance": [float(v) if np.isfinite(v) else None for v in dist]}
+    # The served margin of the analysed test images too (a forward pass; the first analysis kept only
+    # the effective margin), for the margin-based radius.
+    x_test, _ = data.load("mnist", "test", test_n)
+    fn = tf.function(lambda t: robustness_outputs(clf, t, "linf"))
+    out["test_margin"] = np.concatenate([fn(tf.constant(x_test[s:s + batch_size].astype(np.float32)))["margin"].numpy()
+                                         for s in range(0, len(x_test), batch_size)]).tolist()
+    return out
+
+
+def conformal_factor(distance, statistic, coverage: float) -> float:
+    """The largest ``c`` with ``distance >= c * statistic`` for at least ``coverage`` of the examples,
+    with the split-conformal finite-sample correction: the ``floor((n + 1)(1 - coverage))``-th
+    smallest ratio. Unfound distances count as infinitely far."""
+    d = np.array([np.inf if v is None else v for v in distance], float)
+    s = np.asarray(statistic, float)
+    ratio = np.sort(d / np.maximum(s, 1e-12))
+    k = int(np.floor((len(ratio) + 1) * (1.0 - coverage)))
+    return float(ratio[max(k, 1) - 1])
+
+
+def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
+    """Fits ``estimated_radius = c * statistic`` on calibration data, checks it on the test points."""
+    out = {}
+    for norm in ("linf", "l2"):
+        cal = calibration["threats"][norm]
+        pts = test["threats"][norm]["points"]
+        d_test = np.array([np.inf if v is None else v for v in pts["distance"]], float)
+        out[norm] = {}
+        for stat in ("effective_margin", "margin"):
+            c = conformal_factor(cal["distance"], cal[stat], coverage)
+            if stat == "effective_margin":
+                s_test = np.asarray(pts["effective_margin"], float)
+            else:
+                s_test = np.asarray(test["threats"][norm].get("margin_values") or calibration["test_margin"], float)
+            radius = c * s_test
+            finite = np.isfinite(d_test)
+            out[norm][stat] = {"factor": c, "coverage_target": coverage, "calibration_n": len(cal["distance"]),
+                               "test_coverage": float((d_test >= radius).mean()),
+                               "median_radius_over_distance": float(np.median(radius[finite] / d_test[finite]))}
+    return out
 
 
 def summarise(out: Path, names) -> dict:
@@ -192,6 +262,9 @@ def summarise(out: Path, names) -> dict:
                       "median_distance_l2": t["l2"]["median_distance"],
                       "ratio_quantiles_linf": t["linf"]["ratio_quantiles"],
                       "ratio_quantiles_l2": t["l2"]["ratio_quantiles"]}
+        cal_path = out / f"{name}_calibration.json"
+        if cal_path.exists():
+            rows[name]["estimated_radius"] = radius_check(json.loads(cal_path.read_text()), r)
     for norm in ("linf", "l2"):
         _scatter(per_model, norm, out / f"scatter_{norm}.png")
     return rows
@@ -228,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--analyse", action="store_true")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="distances on held-out training images, for the estimated_radius check")
     parser.add_argument("--n", type=int, default=500, help="test images per model")
     parser.add_argument("--fab-steps", type=int, default=100)
     parser.add_argument("--fmn-steps", type=int, default=100)
@@ -260,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
             res.update({"seconds": round(time.time() - start, 1), "command": command, "commit": source_commit(),
                         "hardware": hardware(), "training": train_info})
             atomic_write_text(path, json.dumps(res) + "\n")
+        if args.calibrate:
+            for name in names:
+                path = out / f"{name}_calibration.json"
+                if not path.exists():
+                    res = calibration_distances(name, Path(args.runs) / name / "model.keras", args.n,
+                                                fab_steps=args.fab_steps, fmn_steps=args.fmn_steps,
+                                                batch_size=args.batch_size, test_n=args.n)
+                    res.update({"command": command, "commit": source_commit(), "hardware": hardware()})
+                    atomic_write_text(path, json.dumps(res) + "\n")
         rows = summarise(out, list(MODELS))
         atomic_write_text(out / "summary.json", json.dumps(
             {"command": command, "commit": source_commit(), "hardware": hardware(), "models": rows}, indent=1) + "\n")
