@@ -12,12 +12,16 @@ it). The result is under ``tf.stop_gradient``, inside the ``eps`` ball of
 
 The strong evaluation of docs/architecture.md uses :func:`apgd` (APGD-CE and APGD-DLR,
 Croce & Hein 2020) and the score-based black-box :func:`square` attack
-(Andriushchenko et al. 2020); :mod:`tfrobust.evaluation` runs them as a cascade.
+(Andriushchenko et al. 2020); :mod:`tfrobust.evaluation` runs them as a cascade. The
+minimal-norm attacks :func:`fab` (FAB and FAB-T, Croce & Hein 2020) and :func:`fmn`
+(Pintor et al. 2021) return ``(x_adv, distance)``: the closest adversarial point found per
+example and its distance, from which one run gives the accuracy at every eps.
 """
 
 from tfrobust.attacks.apgd import apgd, apgd_checkpoints
 from tfrobust.attacks.base import default_step_size, resolve_labels, scale_radius
 from tfrobust.attacks.gradient import bim, cw, fgsm, pgd
+from tfrobust.attacks.minimal import fab, fmn, project_onto_hyperplane
 from tfrobust.attacks.registry import (
                                        ATTACKS,
                                        CASCADES,
@@ -37,6 +41,9 @@ __all__ = [
     "cw",
     "apgd",
     "square",
+    "fab",
+    "fmn",
+    "project_onto_hyperplane",
     "apgd_checkpoints",
     "square_p_schedule",
     "scale_radius",
