@@ -206,19 +206,11 @@ def calibration_distances(name: str, model_path: Path, n: int, *, fab_steps: int
     return out
 
 
-def conformal_factor(distance, statistic, coverage: float) -> float:
-    """The largest ``c`` with ``distance >= c * statistic`` for at least ``coverage`` of the examples,
-    with the split-conformal finite-sample correction: the ``floor((n + 1)(1 - coverage))``-th
-    smallest ratio. Unfound distances count as infinitely far."""
-    d = np.array([np.inf if v is None else v for v in distance], float)
-    s = np.asarray(statistic, float)
-    ratio = np.sort(d / np.maximum(s, 1e-12))
-    k = int(np.floor((len(ratio) + 1) * (1.0 - coverage)))
-    return float(ratio[max(k, 1) - 1])
-
-
 def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
-    """Fits ``estimated_radius = c * statistic`` on calibration data, checks it on the test points."""
+    """Fits ``estimated_radius = c * statistic`` on calibration data (the served radius of
+    :func:`tfrobust.serving.export.calibrate_radius` uses the effective margin), checks it on the test points."""
+    from tfrobust.serving.export import conformal_factor  # pylint: disable=import-outside-toplevel
+
     out = {}
     for norm in ("linf", "l2"):
         cal = calibration["threats"][norm]
@@ -226,7 +218,7 @@ def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
         d_test = np.array([np.inf if v is None else v for v in pts["distance"]], float)
         out[norm] = {}
         for stat in ("effective_margin", "margin"):
-            c = conformal_factor(cal["distance"], cal[stat], coverage)
+            c = conformal_factor([np.inf if v is None else v for v in cal["distance"]], cal[stat], coverage)
             if stat == "effective_margin":
                 s_test = np.asarray(pts["effective_margin"], float)
             else:

@@ -37,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threat norm of the robustness signature (default: l2)")
     parser.add_argument("--input-shape", type=_parse_shape, default=None, metavar="H,W,C",
                         help="per-example input shape when the model does not declare one")
+    parser.add_argument("--calibrate", default=None, metavar="DATASET",
+                        help="also serve estimated_radius, calibrated on the last --calibration-n examples "
+                             "of this dataset's --calibration-split with the minimal-norm attack fmn+fab")
+    parser.add_argument("--calibration-split", default="train",
+                        help="split to calibrate on (default train: its last examples, which the recipes "
+                             "hold out for validation)")
+    parser.add_argument("--calibration-n", type=int, default=500, help="calibration examples (default 500)")
+    parser.add_argument("--coverage", type=float, default=0.9,
+                        help="share of calibration examples whose distance exceeds the radius (default 0.9)")
+    parser.add_argument("--calibration-steps", type=int, default=100,
+                        help="iterations of FMN and FAB during calibration (default 100)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +55,26 @@ def run(args: argparse.Namespace) -> int:
     from tfrobust.models import load_model  # pylint: disable=import-outside-toplevel
     from tfrobust.serving.export import export_saved_model  # pylint: disable=import-outside-toplevel
 
+    calibration = None
+    if not 0 < args.coverage < 1:
+        raise ValueError(f"--coverage={args.coverage} must be strictly between 0 and 1")
+    if args.calibration_n < 1 or args.calibration_steps < 1:
+        raise ValueError(f"--calibration-n={args.calibration_n} and --calibration-steps="
+                         f"{args.calibration_steps} must be >= 1")
     model = load_model(args.model)
+    if args.calibrate is not None:
+        from tfrobust import data  # pylint: disable=import-outside-toplevel
+        from tfrobust.models import unwrap  # pylint: disable=import-outside-toplevel
+        from tfrobust.serving.export import calibrate_radius  # pylint: disable=import-outside-toplevel
+
+        x, _ = data.load(args.calibrate, args.calibration_split)
+        x = x[max(len(x) - args.calibration_n, 0):]
+        calibration = calibrate_radius(unwrap(model), x, norm=args.norm, coverage=args.coverage,
+                                       steps=args.calibration_steps, progress=True)
+        calibration["data"] = f"{args.calibrate}:{args.calibration_split}[-{len(x)}:]"
+        print(f"estimated_radius = {calibration['factor']:.4g} x effective_margin "
+              f"({args.coverage:.0%} coverage on {len(x)} calibration examples)")
     path = export_saved_model(model, args.out, version=args.version, norm=args.norm,
-                              input_shape=args.input_shape)
+                              input_shape=args.input_shape, calibration=calibration)
     print(path)
     return 0

@@ -294,12 +294,16 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
 
     Columns: index, predicted class, its probability, true label (when given),
     margin (top-1 minus top-2 logit), grad_norm and effective_margin
-    (first-order distance to the decision boundary, in input units).
+    (first-order distance to the decision boundary, in input units), and the
+    calibrated ``estimated_radius`` when the export has one.
     """
     pred = np.asarray(scores["predicted_class"]).astype(int)
     prob = np.asarray(scores["probabilities"])[np.arange(len(pred)), pred]
     header = f"{'#':>4} {'pred':>4} {'prob':>6}" + (f" {'label':>5}" if labels is not None else "")
     header += f" {'margin':>9} {'grad_norm':>10} {'eff_margin':>11}"
+    radius = scores.get("estimated_radius")
+    if radius is not None:
+        header += f" {'radius':>9}"
     lines = [header]
     for i in range(len(pred)):
         line = f"{i:>4} {pred[i]:>4} {prob[i]:>6.3f}"
@@ -308,6 +312,8 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
             line += f" {str(int(labels[i])) + mark:>5}"
         line += (f" {float(scores['margin'][i]):>9.4f} {float(scores['grad_norm'][i]):>10.4f}"
                  f" {float(scores['effective_margin'][i]):>11.5f}")
+        if radius is not None:
+            line += f" {float(radius[i]):>9.5f}"
         lines.append(line)
     if labels is not None:
         lines.append("(* = misclassified)")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses, norms
@@ -50,6 +51,8 @@ __all__ = [
     "METADATA_PATH",
     "serving_outputs",
     "robustness_outputs",
+    "conformal_factor",
+    "calibrate_radius",
     "list_versions",
     "next_version",
     "infer_input_shape",
@@ -101,7 +104,8 @@ def serving_outputs(model: Callable, x: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
-def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2") -> dict[str, tf.Tensor]:
+def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
+                       radius_factor: float | None = None) -> dict[str, tf.Tensor]:
     """Outputs of the ``robustness`` signature, one value per example.
 
     The margin is ``top2_margin`` of the logits (the decision margin of the
@@ -114,6 +118,8 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2") -> dict[
         x: inputs ``[batch, ...]``.
         norm: threat norm; ``grad_norm`` is its dual norm (L1 for ``"linf"``,
             L2 for ``"l2"``).
+        radius_factor: if given, also ``estimated_radius = radius_factor *
+            effective_margin``, the calibrated radius of :func:`calibrate_radius`.
 
     Returns:
         A dict with float32 ``logits``, ``probabilities`` ``[batch, classes]``,
@@ -132,7 +138,7 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2") -> dict[
         margin = losses.top2_margin(logits)
     grad = tape.gradient(margin, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     grad_norm = norms.dual_norm(grad, norm)
-    return {
+    out = {
         "logits": logits,
         "probabilities": tf.nn.softmax(logits, axis=-1),
         "predicted_class": tf.argmax(logits, axis=-1, output_type=tf.int64),
@@ -140,6 +146,73 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2") -> dict[
         "grad_norm": grad_norm,
         "effective_margin": margin / tf.maximum(grad_norm, _TINY),
     }
+    if radius_factor is not None:
+        out["estimated_radius"] = tf.constant(float(radius_factor), tf.float32) * out["effective_margin"]
+    return out
+
+
+def conformal_factor(distance, statistic, coverage: float) -> float:
+    """The largest ``c`` such that ``distance >= c * statistic`` for at least ``coverage`` of the
+    examples, with the split-conformal correction: the ``floor((n + 1)(1 - coverage))``-th smallest
+    ratio ``distance / statistic`` (the smallest if that index is 0). Distances of ``inf`` (nothing
+    adversarial found) count as infinitely far.
+
+    On fresh examples exchangeable with these, ``distance >= c * statistic`` then holds with
+    probability at least ``coverage`` (Vovk et al.; Angelopoulos & Bates 2021, split conformal).
+    """
+    _check_coverage(coverage)
+    d = np.asarray(distance, float)
+    ratio = np.sort(d / np.maximum(np.asarray(statistic, float), _TINY))
+    if len(ratio) == 0:
+        raise ValueError("conformal_factor needs at least one calibration example")
+    k = int(np.floor((len(ratio) + 1) * (1.0 - coverage) + 1e-9))  # 1e-9: 1 - 0.9 is 0.0999...
+    return float(ratio[max(k, 1) - 1])
+
+
+def _check_coverage(coverage) -> None:
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 < coverage < 1:
+        raise ValueError(f"coverage={coverage!r} must be a number strictly between 0 and 1")
+
+
+def calibrate_radius(model: Callable, x, *, norm: str, coverage: float = 0.9, attack: str = "fmn+fab",
+                     steps: int = 100, batch_size: int = 250, progress: bool = False) -> dict:
+    """Fits ``estimated_radius = factor * effective_margin`` on calibration inputs ``x``.
+
+    Per input, the minimal-norm ``attack`` (:func:`tfrobust.evaluation.minimal_distances`) finds
+    the distance to the nearest input of another predicted class; ``factor`` is
+    :func:`conformal_factor` of those distances over the served ``effective_margin``. The radius
+    then understates the distance found for at least ``coverage`` of fresh inputs like these. The
+    attack's distance is itself an upper bound on the true one, so the radius is a calibrated
+    estimate, not a certificate. Use inputs the model did not train on (the recipes hold out the
+    last 5,000 training images).
+
+    Returns:
+        The ``calibration`` dict :func:`export_saved_model` takes and writes to the metadata.
+
+    Raises:
+        ValueError: naming a bad coverage, norm or attack, or an empty calibration set.
+    """
+    from tfrobust.attacks import Budget  # pylint: disable=import-outside-toplevel
+    from tfrobust.evaluation import minimal_distances  # pylint: disable=import-outside-toplevel
+
+    norms.validate_norm(norm)
+    _check_coverage(coverage)
+    x = np.asarray(x, np.float32)
+    if len(x) == 0:
+        raise ValueError("calibrate_radius needs at least one calibration input")
+    fn = tf.function(lambda t: robustness_outputs(model, t, norm))
+    parts = [fn(tf.constant(x[s:s + batch_size])) for s in range(0, len(x), batch_size)]
+    em = np.concatenate([p["effective_margin"].numpy() for p in parts])
+    pred = np.concatenate([p["predicted_class"].numpy() for p in parts])
+    budget = Budget(norm=norm, fab_steps=steps, fmn_steps=steps)
+    dist = minimal_distances(model, x, pred, attack, budget, batch_size=batch_size, progress=progress)
+    factor = conformal_factor(dist, em, coverage)
+    return {"factor": factor, "coverage": float(coverage), "n": int(len(x)), "norm": norm, "attack": attack,
+            "steps": int(steps), "statistic": "effective_margin",
+            "found": float(np.isfinite(dist).mean()),
+            "calibration_coverage": float((dist >= factor * em).mean()),
+            "meaning": f"estimated_radius = factor * effective_margin: the {attack} distance to another "
+                       f"predicted class exceeded it on {coverage:.0%} of calibration inputs (split conformal)"}
 
 
 # -- versions and folders ---------------------------------------------------------
@@ -268,10 +341,11 @@ def infer_input_shape(model: keras.Model) -> tuple[int, ...]:
 
 
 def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, norm: str,
-              version: int) -> dict:
+              version: int, calibration: dict | None = None) -> dict:
     import tfrobust
 
-    return {
+    robustness = list(ROBUSTNESS_OUTPUTS) + (["estimated_radius"] if calibration else [])
+    meta = {
         "format": 1,
         "version": version,
         "model_name": getattr(model, "name", None),
@@ -282,12 +356,15 @@ def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, 
         "input_dtype": "float32",
         "num_classes": num_classes,
         "signatures": {"serving_default": list(SERVING_OUTPUTS),
-                       "robustness": list(ROBUSTNESS_OUTPUTS)},
+                       "robustness": robustness},
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tfrobust_version": tfrobust.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
+    if calibration:
+        meta["estimated_radius"] = dict(calibration)
+    return meta
 
 
 def export_saved_model(
@@ -297,6 +374,7 @@ def export_saved_model(
     version: int | None = None,
     norm: str = "l2",
     input_shape: Sequence[int] | None = None,
+    calibration: dict | None = None,
 ) -> str:
     """Exports ``model`` as ``base_path/<version>/`` for TF Serving, atomically.
 
@@ -307,6 +385,9 @@ def export_saved_model(
         version: the version number; defaults to the next integer.
         norm: threat norm of the ``robustness`` signature (``"linf"`` or ``"l2"``).
         input_shape: per-example input shape ``(H, W, C)``; inferred when omitted.
+        calibration: from :func:`calibrate_radius` (same ``norm``): the ``robustness``
+            signature then also returns ``estimated_radius``, and the metadata records
+            the factor, coverage and calibration size.
 
     Returns:
         The version folder, ``base_path/<version>``.
@@ -317,6 +398,15 @@ def export_saved_model(
     """
     norms.validate_norm(norm)
     losses.check_logits(model, name=f"model {getattr(model, 'name', '')!r}")
+    factor = None
+    if calibration is not None:
+        factor = calibration.get("factor") if isinstance(calibration, dict) else None
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) \
+                or factor <= 0:
+            raise ValueError(f"calibration factor={factor!r} must be a positive finite number "
+                             "(use calibrate_radius)")
+        if calibration.get("norm", norm) != norm:
+            raise ValueError(f"calibration norm={calibration.get('norm')!r} differs from norm={norm!r}")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                                 or version < 0):
         raise ValueError(f"version={version!r} must be a non-negative integer")
@@ -343,14 +433,14 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
-    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm), [spec])
+    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor), [spec])
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
     try:
         archive.write_out(str(tmp), verbose=False)
         meta = tmp / METADATA_PATH
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version), indent=2))
+        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration), indent=2))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
         _fsync_tree(tmp)
         try:
