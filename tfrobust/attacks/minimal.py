@@ -156,21 +156,24 @@ def fab(
     shape = tf.shape(x)
     low0, high0 = _bounds(x0, clip)
 
+    num_classes = clean_logits.shape[-1]
+    if target is None and num_classes is None:
+        raise ValueError("untargeted fab needs a model with a static number of classes")
+
     def linearise(z):
         """``f_j - f_y`` at ``z`` and its gradient, for the class whose plane is nearest (or the target)."""
         zi = tf.reshape(z, shape)
-        with tf.GradientTape(persistent=target is None) as tape:
+        if target is not None:
+            with tf.GradientTape() as tape:
+                tape.watch(zi)
+                logits = losses.logits_of(model, zi, training)
+                f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+            return tf.cast(f, dtype), _flat(tape.gradient(f, zi))
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(zi)
             logits = losses.logits_of(model, zi, training)
-            columns = [logits[:, k] for k in range(logits.shape[-1] or 0)] if target is None else []
-            if target is not None:
-                f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
-        if target is not None:
-            return tf.cast(f, dtype), _flat(tape.gradient(f, zi))
-        num_classes = logits.shape[-1]
-        if num_classes is None:
-            raise ValueError("untargeted fab needs a model with a static number of classes")
-        # One gradient per class (no pfor: it retraces on every eager call).
+            columns = tf.unstack(logits, num=num_classes, axis=1)
+        # One gradient per class (not batch_jacobian: its pfor retraces on every eager call).
         jac = tf.stack([_flat(tape.gradient(c, zi)) for c in columns], 1)
         del tape
         diff_f = logits - tf.gather(logits, labels, batch_dims=1)[:, None]
