@@ -45,14 +45,25 @@ def test_on_a_binary_linear_model_the_first_order_distance_is_exact(norm):
     """With two classes and the box far away, effective_margin is the distance: factor 1."""
     net = binary_linear(seed=1)
     x = np.random.default_rng(2).uniform(0.45, 0.55, (40, *SHAPE)).astype(np.float32)
-    cal = export.calibrate_radius(net, x, norm=norm, coverage=0.9, steps=60)
+    cal = export.calibrate_radius(net, x, norm=norm, coverage=0.9, steps=60, statistic="effective_margin")
     assert cal["factor"] == pytest.approx(1.0, rel=2e-3)
     assert cal["n"] == 40 and cal["found"] == 1.0 and cal["calibration_coverage"] >= 0.9
+    auto = export.calibrate_radius(net, x, norm=norm, coverage=0.9, steps=60)
+    assert auto["n"] == 20 and auto["n_choice"] == 20 and auto["statistic"] in export.RADIUS_STATISTICS
+
+
+def test_the_tighter_statistic_is_chosen():
+    rng = np.random.default_rng(5)
+    d = rng.lognormal(size=400)
+    proportional, noisy = 3.0 * d, d * rng.lognormal(sigma=1.0, size=400)
+    assert export.choose_statistic(d, {"effective_margin": noisy, "margin": proportional}, 0.9) == "margin"
+    assert export.choose_statistic(d, {"effective_margin": proportional, "margin": noisy}, 0.9) == "effective_margin"
 
 
 def test_export_serves_the_calibrated_radius_and_records_it(tmp_path):
     net = binary_linear(seed=3)
-    calibration = {"factor": 0.75, "coverage": 0.9, "n": 500, "norm": "linf", "attack": "fmn+fab"}
+    calibration = {"factor": 0.75, "coverage": 0.9, "n": 500, "norm": "linf", "attack": "fmn+fab",
+                   "statistic": "effective_margin"}
     path = export.export_saved_model(net, tmp_path / "base", norm="linf", calibration=calibration)
     fn = tf.saved_model.load(path).signatures["robustness"]
     x = np.random.default_rng(4).uniform(0, 1, (6, *SHAPE)).astype(np.float32)
@@ -61,11 +72,16 @@ def test_export_serves_the_calibrated_radius_and_records_it(tmp_path):
     meta = json.loads((tmp_path / "base" / "1" / export.METADATA_PATH).read_text())
     assert meta["estimated_radius"]["coverage"] == 0.9 and meta["estimated_radius"]["n"] == 500
     assert "estimated_radius" in meta["signatures"]["robustness"]
+    on_margin = export.export_saved_model(net, tmp_path / "base", norm="linf",
+                                          calibration={**calibration, "statistic": "margin"})
+    out = {k: v.numpy() for k, v in tf.saved_model.load(on_margin).signatures["robustness"](inputs=tf.constant(x)).items()}
+    np.testing.assert_allclose(out["estimated_radius"], 0.75 * out["margin"], rtol=1e-6)
     # Without a calibration there is no radius.
     plain = export.export_saved_model(net, tmp_path / "base", norm="linf")
     assert "estimated_radius" not in tf.saved_model.load(plain).signatures["robustness"].structured_outputs
     for bad, match in (({"factor": -1.0}, "factor=-1.0"), ({"factor": float("nan")}, "factor=nan"),
-                       ({"factor": 1.0, "norm": "l2"}, "norm='l2'")):
+                       ({"factor": 1.0, "norm": "l2"}, "norm='l2'"),
+                       ({"factor": 1.0, "statistic": "logits"}, "statistic='logits'")):
         with pytest.raises(ValueError, match=match):
             export.export_saved_model(net, tmp_path / "bad", norm="linf", calibration=bad)
 
@@ -82,7 +98,7 @@ def test_cli_export_calibrates_on_the_held_out_tail(tmp_path, capsys):
                  "--calibrate", "digits", "--calibration-n", "40", "--calibration-steps", "20"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "x effective_margin (90% coverage on 40 calibration examples)" in out
+    assert "(90% coverage on 20 calibration examples; 20 more chose the statistic)" in out
     meta = json.loads((tmp_path / "base" / "1" / export.METADATA_PATH).read_text())
     assert meta["estimated_radius"]["data"] == "digits:train[-40:]" and meta["estimated_radius"]["factor"] > 0
     code = main(["export", "--model", str(path), "--out", str(tmp_path / "b2"), "--coverage", "1.5"])

@@ -209,7 +209,7 @@ def calibration_distances(name: str, model_path: Path, n: int, *, fab_steps: int
 def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
     """Fits ``estimated_radius = c * statistic`` on calibration data (the served radius of
     :func:`tfrobust.serving.export.calibrate_radius` uses the effective margin), checks it on the test points."""
-    from tfrobust.serving.export import conformal_factor  # pylint: disable=import-outside-toplevel
+    from tfrobust.serving.export import choose_statistic, conformal_factor  # pylint: disable=import-outside-toplevel
 
     out = {}
     for norm in ("linf", "l2"):
@@ -228,6 +228,20 @@ def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
             out[norm][stat] = {"factor": c, "coverage_target": coverage, "calibration_n": len(cal["distance"]),
                                "test_coverage": float((d_test >= radius).mean()),
                                "median_radius_over_distance": float(np.median(radius[finite] / d_test[finite]))}
+        # What export --calibrate serves: the statistic chosen on the first half, its factor fitted on the second.
+        d_cal = np.array([np.inf if v is None else v for v in cal["distance"]], float)
+        half = len(d_cal) // 2
+        chosen = choose_statistic(d_cal[:half], {k: np.asarray(cal[k], float)[:half]
+                                                 for k in ("effective_margin", "margin")}, coverage)
+        out[norm]["served"] = {"statistic": chosen,
+                               "factor": conformal_factor(d_cal[half:], np.asarray(cal[chosen], float)[half:],
+                                                          coverage), "calibration_n": len(d_cal) - half}
+        s_test = np.asarray(pts["effective_margin"] if chosen == "effective_margin" else
+                            (test["threats"][norm].get("margin_values") or calibration["test_margin"]), float)
+        radius = out[norm]["served"]["factor"] * s_test
+        finite = np.isfinite(d_test)
+        out[norm]["served"].update({"test_coverage": float((d_test >= radius).mean()),
+                                    "median_radius_over_distance": float(np.median(radius[finite] / d_test[finite]))})
     return out
 
 

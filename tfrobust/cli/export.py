@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-example input shape when the model does not declare one")
     parser.add_argument("--calibrate", default=None, metavar="DATASET",
                         help="also serve estimated_radius, calibrated on the last --calibration-n examples "
-                             "of this dataset's --calibration-split with the minimal-norm attack fmn+fab")
+                             "of this dataset's --calibration-split with the minimal-norm attack fmn+fab: "
+                             "half choose the statistic (margin or effective_margin), half fit its factor")
     parser.add_argument("--calibration-split", default="train",
                         help="split to calibrate on (default train: its last examples, which the recipes "
                              "hold out for validation)")
@@ -72,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibrate_radius(unwrap(model), x, norm=args.norm, coverage=args.coverage,
                                        steps=args.calibration_steps, progress=True)
         calibration["data"] = f"{args.calibrate}:{args.calibration_split}[-{len(x)}:]"
-        print(f"estimated_radius = {calibration['factor']:.4g} x effective_margin "
-              f"({args.coverage:.0%} coverage on {len(x)} calibration examples)")
+        print(f"estimated_radius = {calibration['factor']:.4g} x {calibration['statistic']} "
+              f"({args.coverage:.0%} coverage on {calibration['n']} calibration examples; "
+              f"{calibration['n_choice']} more chose the statistic)")
     path = export_saved_model(model, args.out, version=args.version, norm=args.norm,
                               input_shape=args.input_shape, calibration=calibration)
     print(path)

@@ -53,6 +53,8 @@ __all__ = [
     "robustness_outputs",
     "conformal_factor",
     "calibrate_radius",
+    "RADIUS_STATISTICS",
+    "choose_statistic",
     "list_versions",
     "next_version",
     "infer_input_shape",
@@ -104,8 +106,13 @@ def serving_outputs(model: Callable, x: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
+RADIUS_STATISTICS = ("effective_margin", "margin")
+"""Served statistics an ``estimated_radius`` can scale."""
+
+
 def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
-                       radius_factor: float | None = None) -> dict[str, tf.Tensor]:
+                       radius_factor: float | None = None,
+                       radius_statistic: str = "effective_margin") -> dict[str, tf.Tensor]:
     """Outputs of the ``robustness`` signature, one value per example.
 
     The margin is ``top2_margin`` of the logits (the decision margin of the
@@ -119,7 +126,8 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
         norm: threat norm; ``grad_norm`` is its dual norm (L1 for ``"linf"``,
             L2 for ``"l2"``).
         radius_factor: if given, also ``estimated_radius = radius_factor *
-            effective_margin``, the calibrated radius of :func:`calibrate_radius`.
+            <radius_statistic>``, the calibrated radius of :func:`calibrate_radius`.
+        radius_statistic: one of :data:`RADIUS_STATISTICS`.
 
     Returns:
         A dict with float32 ``logits``, ``probabilities`` ``[batch, classes]``,
@@ -147,7 +155,7 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
         "effective_margin": margin / tf.maximum(grad_norm, _TINY),
     }
     if radius_factor is not None:
-        out["estimated_radius"] = tf.constant(float(radius_factor), tf.float32) * out["effective_margin"]
+        out["estimated_radius"] = tf.constant(float(radius_factor), tf.float32) * out[radius_statistic]
     return out
 
 
@@ -174,45 +182,71 @@ def _check_coverage(coverage) -> None:
         raise ValueError(f"coverage={coverage!r} must be a number strictly between 0 and 1")
 
 
+def choose_statistic(distance, statistics: dict, coverage: float) -> str:
+    """The statistic whose conformal radius is tightest: the largest median ``radius / distance``
+    (over the inputs where a distance was found) among ``statistics`` (name -> values)."""
+    d = np.asarray(distance, float)
+    found = np.isfinite(d) & (d > 0)
+    if not found.any():
+        return next(iter(statistics))
+    score = {}
+    for name, values in statistics.items():
+        v = np.asarray(values, float)
+        score[name] = float(np.median(conformal_factor(d, v, coverage) * v[found] / d[found]))
+    return max(score, key=score.get)
+
+
 def calibrate_radius(model: Callable, x, *, norm: str, coverage: float = 0.9, attack: str = "fmn+fab",
-                     steps: int = 100, batch_size: int = 250, progress: bool = False) -> dict:
-    """Fits ``estimated_radius = factor * effective_margin`` on calibration inputs ``x``.
+                     steps: int = 100, batch_size: int = 250, statistic: str = "auto",
+                     progress: bool = False) -> dict:
+    """Fits ``estimated_radius = factor * statistic`` on calibration inputs ``x``.
 
     Per input, the minimal-norm ``attack`` (:func:`tfrobust.evaluation.minimal_distances`) finds
     the distance to the nearest input of another predicted class; ``factor`` is
-    :func:`conformal_factor` of those distances over the served ``effective_margin``. The radius
-    then understates the distance found for at least ``coverage`` of fresh inputs like these. The
-    attack's distance is itself an upper bound on the true one, so the radius is a calibrated
-    estimate, not a certificate. Use inputs the model did not train on (the recipes hold out the
-    last 5,000 training images).
+    :func:`conformal_factor` of those distances over the served statistic (``effective_margin``
+    or ``margin``). The radius then understates the distance found for at least ``coverage`` of
+    fresh inputs like these. ``statistic="auto"`` picks the statistic on the first half of ``x``
+    (:func:`choose_statistic`: the score study found the raw margin tighter on robust models) and
+    fits the factor on the second half, so the choice does not bias the coverage. The attack's
+    distance is itself an upper bound on the true one, so the radius is a calibrated estimate,
+    not a certificate. Use inputs the model did not train on (the recipes hold out the last
+    5,000 training images).
 
     Returns:
         The ``calibration`` dict :func:`export_saved_model` takes and writes to the metadata.
 
     Raises:
-        ValueError: naming a bad coverage, norm or attack, or an empty calibration set.
+        ValueError: naming a bad coverage, norm, statistic or attack, or an empty calibration set.
     """
     from tfrobust.attacks import Budget  # pylint: disable=import-outside-toplevel
     from tfrobust.evaluation import minimal_distances  # pylint: disable=import-outside-toplevel
 
     norms.validate_norm(norm)
     _check_coverage(coverage)
+    if statistic != "auto" and statistic not in RADIUS_STATISTICS:
+        raise ValueError(f"statistic={statistic!r} must be 'auto' or one of {RADIUS_STATISTICS}")
     x = np.asarray(x, np.float32)
-    if len(x) == 0:
-        raise ValueError("calibrate_radius needs at least one calibration input")
+    if len(x) < (2 if statistic == "auto" else 1):
+        raise ValueError(f"calibrate_radius needs at least {2 if statistic == 'auto' else 1} calibration "
+                         f"inputs, got {len(x)}")
     fn = tf.function(lambda t: robustness_outputs(model, t, norm))
     parts = [fn(tf.constant(x[s:s + batch_size])) for s in range(0, len(x), batch_size)]
-    em = np.concatenate([p["effective_margin"].numpy() for p in parts])
+    stats = {k: np.concatenate([p[k].numpy() for p in parts]) for k in RADIUS_STATISTICS}
     pred = np.concatenate([p["predicted_class"].numpy() for p in parts])
     budget = Budget(norm=norm, fab_steps=steps, fmn_steps=steps)
     dist = minimal_distances(model, x, pred, attack, budget, batch_size=batch_size, progress=progress)
-    factor = conformal_factor(dist, em, coverage)
-    return {"factor": factor, "coverage": float(coverage), "n": int(len(x)), "norm": norm, "attack": attack,
-            "steps": int(steps), "statistic": "effective_margin",
+    fit = np.arange(len(x))
+    if statistic == "auto":
+        half = len(x) // 2
+        statistic = choose_statistic(dist[:half], {k: v[:half] for k, v in stats.items()}, coverage)
+        fit = fit[half:]
+    factor = conformal_factor(dist[fit], stats[statistic][fit], coverage)
+    return {"factor": factor, "statistic": statistic, "coverage": float(coverage), "n": int(len(fit)),
+            "n_choice": int(len(x) - len(fit)), "norm": norm, "attack": attack, "steps": int(steps),
             "found": float(np.isfinite(dist).mean()),
-            "calibration_coverage": float((dist >= factor * em).mean()),
-            "meaning": f"estimated_radius = factor * effective_margin: the {attack} distance to another "
-                       f"predicted class exceeded it on {coverage:.0%} of calibration inputs (split conformal)"}
+            "calibration_coverage": float((dist[fit] >= factor * stats[statistic][fit]).mean()),
+            "meaning": f"estimated_radius = factor * {statistic}: the {attack} distance to another predicted "
+                       f"class exceeded it on {coverage:.0%} of calibration inputs (split conformal)"}
 
 
 # -- versions and folders ---------------------------------------------------------
@@ -398,13 +432,16 @@ def export_saved_model(
     """
     norms.validate_norm(norm)
     losses.check_logits(model, name=f"model {getattr(model, 'name', '')!r}")
-    factor = None
+    factor, statistic = None, "effective_margin"
     if calibration is not None:
         factor = calibration.get("factor") if isinstance(calibration, dict) else None
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) \
                 or factor <= 0:
             raise ValueError(f"calibration factor={factor!r} must be a positive finite number "
                              "(use calibrate_radius)")
+        statistic = calibration.get("statistic", "effective_margin")
+        if statistic not in RADIUS_STATISTICS:
+            raise ValueError(f"calibration statistic={statistic!r} must be one of {RADIUS_STATISTICS}")
         if calibration.get("norm", norm) != norm:
             raise ValueError(f"calibration norm={calibration.get('norm')!r} differs from norm={norm!r}")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
@@ -433,7 +470,8 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
-    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor), [spec])
+    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic),
+                         [spec])
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
     try:
