@@ -42,5 +42,8 @@ def test_readme_quoted_ratios_match_their_json():
     speed = load("attack_speed.json")
     assert f"0.{round(speed['ratios']['tfrobust_over_limit'] * 1000):03d} of the physical limit" in README
     assert f"tfrobust {speed['ratios']['tfrobust_over_art']:.1f}x faster" in README
+    art = load("autoattack_vs_art.json")
+    assert f"ours {art['speedup']:.2f}x faster" in README
+    assert f"reports **{art['tfrobust']['robust_accuracy']:.1%}** robust accuracy in {art['tfrobust']['seconds']:.0f} s" in README
     serving = load("serving.json")["robustness_over_default"]
     assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in README
