@@ -14,7 +14,7 @@ Sections, each timed and written as it finishes:
    ``tfrobust.training.train`` on synthetic 32x32x3 data for a few hundred steps (``--size tiny``:
    a WRN-10-1 for 4 steps), with its loss and wall time.
 
-``--size full`` is for a GPU machine (about 5 minutes on one H200, by design under 8);
+``--size full`` is for a GPU machine (sized to stay under 8 minutes; not yet run on one);
 ``--size tiny`` runs everything in about a minute on 2 CPU cores, which CI does
 (``tests/test_gpu_suite.py``). ::
 
