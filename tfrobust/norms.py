@@ -16,6 +16,7 @@ __all__ = [
     "NORMS",
     "validate_norm",
     "per_example_norm",
+    "expand_like",
     "dual_of",
     "dual_norm",
     "steepest_step",
@@ -42,8 +43,8 @@ def _reduce_axes(t: tf.Tensor) -> tf.Tensor:
     return tf.range(1, tf.rank(t))
 
 
-def _expand_like(v: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-    """Reshapes a per-example vector to broadcast against ``t``."""
+def expand_like(v: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """Reshapes a per-example vector ``[batch]`` to broadcast against ``t`` (``[batch, ...]``)."""
     shape = tf.concat([tf.shape(v), tf.ones([tf.rank(t) - 1], tf.int32)], 0)
     return tf.reshape(v, shape)
 
@@ -88,7 +89,7 @@ def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:
     if norm == "linf":
         return tf.sign(grad)
     n = per_example_norm(grad, "l2")
-    return grad / _expand_like(tf.maximum(n, _TINY), grad)
+    return grad / expand_like(tf.maximum(n, _TINY), grad)
 
 
 def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
@@ -100,11 +101,11 @@ def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
     eps = tf.cast(eps, delta.dtype)
     if norm == "linf":
         if eps.shape.rank == 1:
-            eps = _expand_like(eps, delta)
+            eps = expand_like(eps, delta)
         return tf.clip_by_value(delta, -eps, eps)
     n = per_example_norm(delta, "l2")
     scale = tf.minimum(tf.ones_like(n), eps / tf.maximum(n, _TINY))
-    return delta * _expand_like(scale, delta)
+    return delta * expand_like(scale, delta)
 
 
 def random_start(
@@ -128,4 +129,4 @@ def random_start(
     dim = tf.cast(tf.reduce_prod(shape[1:]), dtype)
     u = tf.random.uniform(tf.shape(direction)[:1], dtype=dtype, seed=seed)
     radius = eps * tf.pow(u, 1.0 / dim)
-    return direction * _expand_like(radius, direction)
+    return direction * expand_like(radius, direction)

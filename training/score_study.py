@@ -89,6 +89,11 @@ def ranks(v) -> np.ndarray:
     return out
 
 
+def distances(values) -> np.ndarray:
+    """Distances as stored in the JSONs (``None`` = nothing adversarial found) -> floats with ``inf``."""
+    return np.array([np.inf if v is None else v for v in values], float)
+
+
 def spearman(a, b) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
@@ -215,10 +220,10 @@ def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
     for norm in ("linf", "l2"):
         cal = calibration["threats"][norm]
         pts = test["threats"][norm]["points"]
-        d_test = np.array([np.inf if v is None else v for v in pts["distance"]], float)
+        d_test = distances(pts["distance"])
         out[norm] = {}
         for stat in ("effective_margin", "margin"):
-            c = conformal_factor([np.inf if v is None else v for v in cal["distance"]], cal[stat], coverage)
+            c = conformal_factor(distances(cal["distance"]), cal[stat], coverage)
             if stat == "effective_margin":
                 s_test = np.asarray(pts["effective_margin"], float)
             else:
@@ -229,7 +234,7 @@ def radius_check(calibration: dict, test: dict, coverage: float = 0.9) -> dict:
                                "test_coverage": float((d_test >= radius).mean()),
                                "median_radius_over_distance": float(np.median(radius[finite] / d_test[finite]))}
         # What export --calibrate serves: the statistic chosen on the first half, its factor fitted on the second.
-        d_cal = np.array([np.inf if v is None else v for v in cal["distance"]], float)
+        d_cal = distances(cal["distance"])
         half = len(d_cal) // 2
         chosen = choose_statistic(d_cal[:half], {k: np.asarray(cal[k], float)[:half]
                                                  for k in ("effective_margin", "margin")}, coverage)

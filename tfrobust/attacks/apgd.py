@@ -23,11 +23,6 @@ __all__ = [
 ]
 
 
-def _per_example(v: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Reshapes a per-example vector ``[batch]`` to broadcast against ``like``."""
-    return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
-
-
 def apgd_checkpoints(steps: int) -> list[int]:
     """Iterations at which APGD may halve its step (Croce & Hein 2020, §3.2).
 
@@ -188,17 +183,17 @@ def apgd(
     def body(s):
         t, x_cur = s["t"], s["x_cur"]
         a = tf.where(t == 1, tf.ones([], dtype), alpha_t)
-        z = project(x_cur + _per_example(s["eta"], x_cur) * norms.steepest_step(s["g_cur"], norm))
+        z = project(x_cur + norms.expand_like(s["eta"], x_cur) * norms.steepest_step(s["g_cur"], norm))
         x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_prev"]))
         f_new, g_new, success = evaluate(x_new)
 
         first = tf.logical_and(success, tf.logical_not(s["fooled"]))
-        x_fool = tf.where(_per_example(first, x_new), x_new, s["x_fool"])
+        x_fool = tf.where(norms.expand_like(first, x_new), x_new, s["x_fool"])
         fooled = tf.logical_or(s["fooled"], success)
 
         increases = s["increases"] + tf.cast(f_new > s["f_cur"], dtype)
         better = f_new > s["f_best"]
-        better_x = _per_example(better, x_new)
+        better_x = norms.expand_like(better, x_new)
         x_best = tf.where(better_x, x_new, s["x_best"])
         g_best = tf.where(better_x, g_new, s["g_best"])
         f_best = tf.where(better, f_new, s["f_best"])
@@ -210,7 +205,7 @@ def apgd(
         cond1 = increases < rho_t * tf.gather(interval, t)
         cond2 = tf.logical_and(tf.logical_not(s["reduced_last"]), f_best <= s["f_best_last"])
         halve = tf.logical_and(at, tf.logical_or(cond1, cond2))
-        halve_x = _per_example(halve, x_new)
+        halve_x = norms.expand_like(halve, x_new)
         return dict(
             t=t + 1,
             x_cur=tf.where(halve_x, x_best, x_new),
@@ -227,5 +222,5 @@ def apgd(
 
     out = tf.while_loop(cond, lambda s: (body(s),), (state,))
     out = out[0] if isinstance(out, (tuple, list)) else out
-    x_adv = tf.where(_per_example(out["fooled"], x), out["x_fool"], out["x_best"])
+    x_adv = tf.where(norms.expand_like(out["fooled"], x), out["x_fool"], out["x_best"])
     return tf.stop_gradient(x_adv)

@@ -298,14 +298,14 @@ def fmn(
         margin, grad, adv = margin_and_grad(z)
         size = norms.per_example_norm(delta, norm)
         better = tf.logical_and(adv, size < best_d)
-        best_x = tf.where(_expand(better, x), z, best_x)
+        best_x = tf.where(norms.expand_like(better, x), z, best_x)
         best_d = tf.where(better, size, best_d)
         g = tf.cast(_cosine(gamma, gamma_final, k, steps), dtype)
         first_order = size + margin / tf.maximum(norms.dual_norm(grad, norm), _TINY)
         eps = tf.where(adv, tf.minimum(eps * (1.0 - g), best_d),
                        (1.0 + g) * tf.where(tf.math.is_finite(best_d), eps, first_order))
         step = tf.cast(_cosine(alpha, alpha_final, k, steps), dtype) * eps
-        delta = delta - norms.steepest_step(grad, norm) * _expand(step, x)
+        delta = delta - norms.steepest_step(grad, norm) * norms.expand_like(step, x)
         delta = norms.project(delta, eps, norm)
         delta = clip_to_range(x + delta, clip) - x
         return k + 1, delta, eps, best_x, best_d
@@ -315,10 +315,7 @@ def fmn(
     _, _, adv = margin_and_grad(x + delta)  # the last step's point
     size = norms.per_example_norm(delta, norm)
     better = tf.logical_and(adv, size < best_d)
-    best_x = tf.where(_expand(better, x), x + delta, best_x)
+    best_x = tf.where(norms.expand_like(better, x), x + delta, best_x)
     best_d = tf.where(better, size, best_d)
     return tf.stop_gradient(best_x), tf.stop_gradient(best_d)
 
-
-def _expand(v: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(like) - 1], tf.int32)], 0))

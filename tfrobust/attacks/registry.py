@@ -133,8 +133,7 @@ class AttackConfig:
                           targeted=self.targeted, training=training)
         if self.name in ("fab", "fmn"):
             x_adv, distance = self.minimal(model, x, y, clip=clip, training=training)
-            within = distance <= tf.cast(eps, distance.dtype)
-            within = tf.reshape(within, tf.concat([tf.shape(within), tf.ones([tf.rank(x_adv) - 1], tf.int32)], 0))
+            within = norms.expand_like(distance <= tf.cast(eps, distance.dtype), x_adv)
             return tf.where(within, x_adv, tf.cast(x, x_adv.dtype))
         return pgd(model, x, y, eps=eps, steps=self.steps, step_size=step_size,
                    norm=self.norm, random_start=self.resolved_random_start, clip=clip, loss=self.resolved_loss,

@@ -57,8 +57,6 @@ def responds_to_training(model) -> bool:
         if children:
             stack.extend(children)
             continue
-        if layer is model and not hasattr(layer, "call"):
-            return True
         if isinstance(layer, _FLAG_BLIND):
             continue
         try:
