@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-strong", type=int, default=1000, help="test images for the cascade")
     parser.add_argument("--apgd-steps", type=int, default=100)
     parser.add_argument("--square-queries", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default); not a setting")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
     for key in keys:
@@ -183,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"recipe {key!r} is unknown; choose from {','.join(RECIPES)}")
     if args.n_strong > args.n_test:
         parser.error(f"--n-strong={args.n_strong} must not exceed --n-test={args.n_test}")
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads} must be >= 0")
+    if args.threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     x_test, y_test = data.load("mnist", "test", args.n_test)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "recipes", "recipe_epochs")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "recipes", "recipe_epochs", "threads")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = earlier_rows(out / "table1.json", settings, args.recipe_epochs)
