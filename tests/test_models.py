@@ -109,7 +109,8 @@ def _one_step(objective_name, strategy, x, y, init, **kwargs):
 
 
 @pytest.mark.parametrize("objective_name,kwargs", [(name, {}) for name in sorted(OBJECTIVES)]
-                         + [("pgd_at", {"eps_warmup_steps": 4})])
+                         + [("pgd_at", {"eps_warmup_steps": 4}),
+                            ("jacobian_curvature", {"penalty_warmup_steps": 4})])
 def test_mirrored_step_equals_single_device_step(objective_name, kwargs, monkeypatch):
     """DESIGN §3.5: weights after one SGD step on 2 logical CPUs equal the 1-device result."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -164,3 +165,35 @@ def test_eps_warmup_attacks_at_a_fraction_of_the_radius_first():
     assert models.RobustModel.from_config(warm.get_config()).eps_warmup_steps == 4
     with pytest.raises(ValueError, match="eps_warmup_steps=-1"):
         models.RobustModel(tiny_cnn(), eps_warmup_steps=-1)
+
+
+def test_penalty_warmup_scales_penalties_and_nothing_else():
+    """With penalty_warmup_steps=4 the first SGD step equals one at a quarter of every penalty's
+    coefficient, the cross-entropy and adversarial CE unscaled; the evaluation loss is unscaled."""
+    x, y = data(16)
+    init = tiny_cnn().get_weights()
+
+    def one_step(c, k, warmup, adv=True):
+        terms = [O.CrossEntropy(), O.DecisionJacobian(c=c), O.DecisionCurvature(c=k, h=0.2)]
+        if adv:
+            terms.append(O.AdversarialTraining(AttackConfig(name="fgsm", eps=0.1)))
+        model = models.RobustModel(tiny_cnn(), terms, penalty_warmup_steps=warmup)
+        model.classifier.set_weights(init)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        return model
+
+    warm = one_step(0.4, 2.0, 4)
+    for a, b in zip(warm.classifier.get_weights(), one_step(0.1, 0.5, 0).classifier.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in
+               zip(warm.classifier.get_weights(), one_step(0.4, 2.0, 0).classifier.get_weights()))
+    # test_step uses the full coefficients: the same loss as a model without warm-up.
+    cold = one_step(0.4, 2.0, 0)
+    cold.classifier.set_weights(warm.classifier.get_weights())
+    np.testing.assert_allclose(warm.evaluate(x, y, verbose=0, return_dict=True)["jacobian_penalty"],
+                               cold.evaluate(x, y, verbose=0, return_dict=True)["jacobian_penalty"], rtol=1e-6)
+    assert [t.penalty for t in warm.objective.terms] == [False, True, True, False]
+    assert models.RobustModel.from_config(warm.get_config()).penalty_warmup_steps == 4
+    with pytest.raises(ValueError, match="penalty_warmup_steps=2.5"):
+        models.RobustModel(tiny_cnn(), penalty_warmup_steps=2.5)

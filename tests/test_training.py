@@ -52,6 +52,8 @@ def test_required_recipes_exist_with_the_papers_settings():
     ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
       "train": {"eps_warmup_epochs": -1}}, "eps_warmup_epochs=-1"),
     ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
+      "train": {"penalty_warmup_epochs": "two"}}, "penalty_warmup_epochs='two'"),
+    ({"dataset": "mnist", "model": {"name": "mnist_cnn"}, "objective": [{"type": "cross_entropy"}],
       "train": {"lr_schedule": "step"}}, "lr_schedule='step'"),
 ])
 def test_bad_recipes_name_the_bad_field(tmp_path, config, match):
@@ -64,9 +66,10 @@ def test_bad_recipes_name_the_bad_field(tmp_path, config, match):
 def test_eps_warmup_epochs_become_optimizer_steps(tmp_path):
     config = training.load_config("digits_tiny")
     config.pop("monitor")
-    config["train"].update(epochs=1, n_train=256, eps_warmup_epochs=1.5)
+    config["train"].update(epochs=1, n_train=256, eps_warmup_epochs=1.5, penalty_warmup_epochs=0.5)
     model = training.train(config, tmp_path, verbose=0)
     assert model.eps_warmup_steps == 6  # 1.5 epochs of ceil(256 / 64) = 4 steps
+    assert model.penalty_warmup_steps == 2
 
 
 def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):

@@ -64,6 +64,7 @@ _DEFAULT_TRAIN = {
     "validation_n": 1000,
     "seed": 0,
     "eps_warmup_epochs": 0,
+    "penalty_warmup_epochs": 0,
     "lr_schedule": "constant",
 }
 
@@ -121,9 +122,10 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
     unknown = set(config["train"]) - set(_DEFAULT_TRAIN)
     if unknown:
         raise ValueError(f"config {where!r}: unknown train settings {sorted(unknown)}")
-    warmup = config["train"]["eps_warmup_epochs"]
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not warmup >= 0:
-        raise ValueError(f"config {where!r}: eps_warmup_epochs={warmup!r} must be a non-negative number")
+    for key in ("eps_warmup_epochs", "penalty_warmup_epochs"):
+        warmup = config["train"][key]
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not warmup >= 0:
+            raise ValueError(f"config {where!r}: {key}={warmup!r} must be a non-negative number")
     if config["train"]["lr_schedule"] not in LR_SCHEDULES:
         raise ValueError(f"config {where!r}: lr_schedule={config['train']['lr_schedule']!r} is unknown; "
                          f"choose one of {LR_SCHEDULES}")
@@ -345,7 +347,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
                                                  int(num_classes), **spec)
             model = models.RobustModel(
                 classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
-                eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)))
+                eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)),
+                penalty_warmup_steps=int(round(float(settings["penalty_warmup_epochs"]) * steps_per_epoch)))
             model.compile(optimizer=_optimizer(settings, int(settings["epochs"]) * steps_per_epoch),
                           metrics=["accuracy"])
 

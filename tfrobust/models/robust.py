@@ -83,6 +83,11 @@ class RobustModel(keras.Model):
             ``eps_warmup_steps``; 0 attacks at full radius from the start. Adversarial
             training at MNIST's eps 0.3 can stall at chance without it. Evaluation
             (``test_step``) always uses the full radius.
+        penalty_warmup_steps: ramp every penalty term (``Term.penalty``: the Jacobian,
+            curvature, input-gradient and EMR penalties) the same way, from
+            ``1 / penalty_warmup_steps`` of its coefficient to all of it; base losses
+            (cross-entropy, adversarial CE, TRADES, MART) are never scaled. 0: full
+            coefficients from the start. ``test_step`` always uses the full coefficients.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Raises:
@@ -91,7 +96,7 @@ class RobustModel(keras.Model):
 
     def __init__(self, classifier: keras.Model, objective: Objective | Term | list | None = None,
                  clip: tuple[float, float] | None = (0.0, 1.0), attack_training: bool = False,
-                 eps_warmup_steps: int = 0, **kwargs):
+                 eps_warmup_steps: int = 0, penalty_warmup_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         losses.check_logits(classifier, name=f"classifier {classifier.name!r}")
         self.classifier = classifier
@@ -100,6 +105,8 @@ class RobustModel(keras.Model):
         self.attack_training = bool(attack_training)
         check_number("eps_warmup_steps", eps_warmup_steps, integer=True)
         self.eps_warmup_steps = int(eps_warmup_steps)
+        check_number("penalty_warmup_steps", penalty_warmup_steps, integer=True)
+        self.penalty_warmup_steps = int(penalty_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built
         self._share_forward = None
@@ -126,13 +133,15 @@ class RobustModel(keras.Model):
         if keras_compat.compiled_loss(self) is not None:
             raise ValueError("RobustModel's loss is its objective: call compile() without loss= "
                              "and pass the objective to RobustModel(classifier, objective)")
-        scale = None
+        scale = penalty_scale = None
         if training and self.eps_warmup_steps and self.optimizer is not None:
             scale = warmup_scale(self.optimizer.iterations, self.eps_warmup_steps)
+        if training and self.penalty_warmup_steps and self.optimizer is not None:
+            penalty_scale = warmup_scale(self.optimizer.iterations, self.penalty_warmup_steps)
         if self._share_forward is None:
             self._share_forward = not responds_to_training(self.classifier)
         ctx = StepContext(self.classifier, x, y, training=training, clip=self.clip,
-                          attack_training=self.attack_training, eps_scale=scale,
+                          attack_training=self.attack_training, eps_scale=scale, penalty_scale=penalty_scale,
                           share_forward=self._share_forward)
         ctx.prepare(self.objective)
         return ctx, x, y, sample_weight
@@ -175,6 +184,7 @@ class RobustModel(keras.Model):
             "clip": list(self.clip) if self.clip is not None else None,
             "attack_training": self.attack_training,
             "eps_warmup_steps": self.eps_warmup_steps,
+            "penalty_warmup_steps": self.penalty_warmup_steps,
         }
 
     @classmethod
@@ -186,7 +196,7 @@ class RobustModel(keras.Model):
 
 
 def warmup_scale(step, warmup_steps: int) -> tf.Tensor:
-    """Linear eps warm-up: ``min(1, (step + 1) / warmup_steps)`` as a float32 scalar.
+    """Linear warm-up (eps or penalty): ``min(1, (step + 1) / warmup_steps)`` as a float32 scalar.
 
     ``step`` counts optimizer updates from 0, so the first update attacks at
     ``1 / warmup_steps`` of the radius and update ``warmup_steps - 1`` at the full radius.

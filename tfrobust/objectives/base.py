@@ -34,10 +34,13 @@ class Term:
     """One additive part of an objective; returns one value per example.
 
     Subclasses set ``name`` (the metric reported in ``fit`` logs) and
-    implement :meth:`__call__` and :meth:`get_config`.
+    implement :meth:`__call__` and :meth:`get_config`. Regularisers added to a
+    base loss set ``penalty = True``: the penalty warm-up
+    (``RobustModel(penalty_warmup_steps=...)``) scales them and nothing else.
     """
 
     name: str = "term"
+    penalty: bool = False
 
     def attacks(self) -> list[AttackConfig]:
         """Adversarial points this term needs."""
@@ -191,10 +194,16 @@ class Objective:
         return seen
 
     def __call__(self, ctx: StepContext, sample_weight=None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Total loss (batch mean of the summed terms) and each term's batch mean."""
+        """Total loss (batch mean of the summed terms) and each term's batch mean.
+
+        Penalty terms are multiplied by ``ctx.penalty_scale`` when it is set (the
+        warm-up); their metric is the scaled value, the part the loss contains.
+        """
         parts = {}
         for term in self.terms:
             value = term(ctx)
+            if term.penalty and ctx.penalty_scale is not None:
+                value = value * tf.cast(ctx.penalty_scale, value.dtype)
             if sample_weight is not None:
                 value = value * tf.cast(tf.reshape(sample_weight, [-1]), value.dtype)
             parts[term.name] = tf.reduce_mean(value)

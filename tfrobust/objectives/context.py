@@ -33,6 +33,8 @@ class StepContext:
         attack_training: the ``training`` flag while generating attacks.
         eps_scale: multiplies every attack's radius and step (eps warm-up);
             ``None`` attacks at the configured radius.
+        penalty_scale: multiplies every penalty term (``Term.penalty``; the penalty
+            warm-up); ``None`` leaves them at their coefficients.
         share_forward: the model's logits do not depend on its ``training`` flag
             (:func:`tfrobust.models.responds_to_training` is ``False``), so terms asking for
             either flag at a point share one forward pass.
@@ -40,7 +42,7 @@ class StepContext:
 
     def __init__(self, model: Callable, x, y, *, training: bool, clip=(0.0, 1.0),
                  attack_training: bool = False, eps_scale: tf.Tensor | float | None = None,
-                 share_forward: bool = False):
+                 penalty_scale: tf.Tensor | float | None = None, share_forward: bool = False):
         self.model = model
         self.x = tf.convert_to_tensor(x)
         self.y = as_labels(y, num_examples=self.x.shape[0])
@@ -48,6 +50,7 @@ class StepContext:
         self.clip = clip
         self.attack_training = attack_training
         self.eps_scale = eps_scale
+        self.penalty_scale = penalty_scale
         self.share_forward = bool(share_forward)
         self._points: dict = {CLEAN: self.x}
         self._forward: dict = {}

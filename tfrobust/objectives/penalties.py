@@ -101,6 +101,7 @@ class DecisionJacobian(Term):
     """
 
     name = "jacobian_penalty"
+    penalty = True
     fn = staticmethod(losses.decision_margin)
 
     def __init__(self, c: float = 0.01, norm: str | None = None, threat: str = "linf",
@@ -179,6 +180,7 @@ class DecisionCurvature(Term):
     """
 
     name = "curvature_penalty"
+    penalty = True
 
     def __init__(self, c: float = 0.1, h: float = 0.1, threat: str = "linf"):
         self.c = check_coefficient("c", c)
@@ -335,6 +337,7 @@ class EffectiveMargin(Term):
     """
 
     name = "emr_penalty"
+    penalty = True
 
     def __init__(self, lam: float = 0.0234375, temperature: float = 40.0,
                  at: str | AttackConfig | dict = CLEAN, training: bool | None = False,
