@@ -36,3 +36,11 @@ def test_sweep_run_writes_its_json_on_validation_data_and_is_skipped_when_done(t
     assert study.main(args) == 0 and "done already" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         study.main(["--run", "q=1"])
+
+
+def test_warmup_key_names_the_run_and_reaches_the_recipe():
+    study = _module()
+    run = study.parse_run("c=0.02,k=1,h=0.3,warmup=2")
+    assert study.run_name(run) == "l1_c0.02_k1_h0.3_w0.5_e10_warmup2"
+    assert study.recipe(run)["train"]["penalty_warmup_epochs"] == 2.0
+    assert study.run_name(study.parse_run("c=0.01")) == "l1_c0.01_w0.5_e10"  # earlier runs keep their names

@@ -16,7 +16,8 @@ A run is ``key=value`` pairs joined by commas::
 Keys: ``norm`` (penalty norm, default the dual of L∞: l1), ``c`` (Jacobian
 coefficient), ``k`` (curvature coefficient; 0 = no curvature term), ``h``
 (curvature step), ``width``, ``epochs``, ``n_train`` (first N of the 55,000),
-``lr``, ``seed``.
+``lr``, ``seed``, ``warmup`` (penalty warm-up in epochs: both coefficients ramp up
+linearly, ``train.penalty_warmup_epochs``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tfrobust.paper import EPS, PAPER_TABLE1
 
 HERE = Path(__file__).resolve().parent
 DEFAULTS = {"norm": "l1", "c": 0.01, "k": 0.0, "h": 0.1, "width": 0.5, "epochs": 10, "n_train": 0,
-            "lr": 1e-3, "seed": 0}
+            "lr": 1e-3, "seed": 0, "warmup": 0.0}
 N_VAL = 5000
 
 
@@ -63,8 +64,8 @@ def run_name(run: dict) -> str:
     if run["k"]:
         name += f"_k{run['k']:g}_h{run['h']:g}"
     name += f"_w{run['width']:g}_e{run['epochs']}"
-    for key in ("n_train", "lr", "seed"):
-        if run[key] != DEFAULTS[key]:
+    for key in ("n_train", "lr", "seed", "warmup"):
+        if run.get(key, DEFAULTS[key]) != DEFAULTS[key]:
             name += f"_{key}{run[key]:g}"
     return name
 
@@ -78,7 +79,7 @@ def recipe(run: dict) -> dict:
             "objective": objective,
             "train": {"epochs": run["epochs"], "batch_size": 128, "optimizer": "adam",
                       "learning_rate": run["lr"], "validation_n": N_VAL, "n_train": run["n_train"] or None,
-                      "seed": run["seed"]}}
+                      "seed": run["seed"], "penalty_warmup_epochs": run.get("warmup", 0.0)}}
 
 
 def cells_vs_paper(result: dict) -> int:
@@ -130,6 +131,7 @@ def summary_table(rows: list[dict]) -> str:
 def _short(run: dict) -> str:
     s = run["settings"]
     label = f"c{s['c']:g}" + (f" k{s['k']:g} h{s['h']:g}" if s["k"] else "") + f" e{s['epochs']}"
+    label += f" wu{s['warmup']:g}" if s.get("warmup") else ""
     return label + (" 20k" if s["n_train"] else "")
 
 
