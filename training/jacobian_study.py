@@ -132,6 +132,7 @@ def _short(run: dict) -> str:
     s = run["settings"]
     label = f"c{s['c']:g}" + (f" k{s['k']:g} h{s['h']:g}" if s["k"] else "") + f" e{s['epochs']}"
     label += f" wu{s['warmup']:g}" if s.get("warmup") else ""
+    label += f" w{s['width']:g}" if s["width"] != DEFAULTS["width"] else ""
     return label + (" 20k" if s["n_train"] else "")
 
 
@@ -144,15 +145,18 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     paper = PAPER_TABLE1["decision_jacobian"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for ax, eps in zip(axes, ("0.2", "0.3")):
+        labelled = 0
         for r in rows:
             v = r["validation"]
             curv, full = bool(r["settings"]["k"]), not r["settings"]["n_train"]
-            ax.scatter(v["worst_case"][eps], v["clean_accuracy"], marker="s" if curv else "o",
+            ax.scatter(v["worst_case"][eps], v["clean_accuracy"], marker="D" if r["settings"]["width"] >= 1 else "o",
                        color="tab:red" if curv else "tab:blue", s=60 if full else 22,
                        edgecolors="black" if full else "none", zorder=3)
             if full or v["clean_accuracy"] < 0.965:
+                # Alternate the label above and below its point: runs often land close together.
                 ax.annotate(_short(r), (v["worst_case"][eps], v["clean_accuracy"]), fontsize=7,
-                            xytext=(4, -3), textcoords="offset points")
+                            xytext=(5, 4 if labelled % 2 else -9), textcoords="offset points")
+                labelled += 1
         ax.scatter(min(paper[a][eps] for a in PAPER_ATTACKS), paper["clean"], marker="*", s=220,
                    color="black", zorder=4)
         ax.set_xlabel(f"worst case over FGSM/BIM/C&W at eps {eps} (validation)")
@@ -160,11 +164,12 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     axes[0].set_ylabel("clean accuracy (validation)")
     handles = [plt.Line2D([], [], marker="*", color="black", ls="", ms=12),
                plt.Line2D([], [], marker="o", color="tab:blue", ls=""),
-               plt.Line2D([], [], marker="s", color="tab:red", ls=""),
-               plt.Line2D([], [], marker="s", color="white", mec="black", ls="", ms=8)]
+               plt.Line2D([], [], marker="o", color="tab:red", ls=""),
+               plt.Line2D([], [], marker="D", color="gray", ls=""),
+               plt.Line2D([], [], marker="o", color="white", mec="black", ls="", ms=8)]
     fig.legend(handles, ["paper (test set, min over its attacks)", "Jacobian only", "Jacobian + curvature",
-                         "outlined: all 55k images (else 20k pilots)"], loc="lower center", ncol=4,
-               fontsize=8, frameon=False)
+                         "diamond: full width (else half)", "outlined: all 55k images (else 20k pilots)"],
+               loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle("Decision-Jacobian sweep on 2,000 held-out training images: the clean/robust trade-off")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
