@@ -72,6 +72,17 @@ def test_eps_warmup_epochs_become_optimizer_steps(tmp_path):
     assert model.penalty_warmup_steps == 2
 
 
+def test_train_seconds_is_unknown_without_every_epoch_time(tmp_path):
+    assert training.train_seconds(tmp_path) is None  # no run here
+    (tmp_path / "checkpoints").mkdir()
+    state = {"epochs_done": 2, "history": {"loss": [1.0, 0.5]}}  # written before times were recorded
+    (tmp_path / "checkpoints" / "state.json").write_text(json.dumps(state))
+    assert training.train_seconds(tmp_path) is None
+    state["epoch_seconds"] = [1.25, 2.5]
+    (tmp_path / "checkpoints" / "state.json").write_text(json.dumps(state))
+    assert training.train_seconds(tmp_path) == 3.8  # rounded to 0.1 s
+
+
 def test_cosine_schedule_decays_to_zero_over_all_epochs(tmp_path):
     config = training.load_config("digits_tiny")
     config.pop("monitor")
@@ -148,6 +159,11 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     n = killed["epochs_done"]
     assert len(history["loss"]) == 40
     assert history["loss"][:n] == killed["history"]["loss"]  # nothing before the kill was lost
+    # The epochs' times survive the kill too: the training time is the sum over both processes.
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch_seconds"][:n] == killed["epoch_seconds"] and len(state["epoch_seconds"]) == 40
+    assert all(s > 0 for s in state["epoch_seconds"])
+    assert training.train_seconds(out) == pytest.approx(sum(state["epoch_seconds"]), abs=0.1)
     resumed = keras.models.load_model(out / "model.keras").classifier
     # An uninterrupted run of the same recipe: same shapes, same history (the epoch
     # order is a function of (seed, epoch), and the optimiser state is in the checkpoint).

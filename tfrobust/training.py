@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import time
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "atomic_write_text",
     "CheckpointAndHistory",
     "epoch_batches",
+    "train_seconds",
 ]
 
 
@@ -240,27 +242,54 @@ class CheckpointAndHistory(keras.callbacks.Callback):
     """Saves a full checkpoint and the history at every epoch end, atomically.
 
     ``checkpoints/last.keras`` holds the model with its optimiser state;
-    ``checkpoints/state.json`` the number of finished epochs and the history
-    so far. Only the chief writes under multi-worker training.
+    ``checkpoints/state.json`` the number of finished epochs, the history so
+    far and each epoch's wall seconds (so the training time of a run that was
+    stopped and resumed is still known: :func:`train_seconds`). Only the chief
+    writes under multi-worker training.
     """
 
-    def __init__(self, out_dir: Path, history: dict[str, list], write: bool = True):
+    def __init__(self, out_dir: Path, history: dict[str, list], write: bool = True,
+                 epoch_seconds: list[float] | None = None):
         super().__init__()
         self.out_dir = Path(out_dir)
         self.history = history
         self.write = write
+        self.epoch_seconds = list(epoch_seconds or [])
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, [])
             del self.history[key][epoch:]
             self.history[key].append(float(value))
+        del self.epoch_seconds[epoch:]
+        self.epoch_seconds.append(round(time.monotonic() - self._started, 2) if self._started else None)
         if not self.write:
             return
         _atomic_save_model(self.model, self.out_dir / "checkpoints" / "last.keras")
-        state = {"epochs_done": epoch + 1, "history": self.history}
+        state = {"epochs_done": epoch + 1, "history": self.history, "epoch_seconds": self.epoch_seconds}
         atomic_write_text(self.out_dir / "checkpoints" / "state.json", json.dumps(state))
         atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
+
+
+def train_seconds(out_dir: str | os.PathLike) -> float | None:
+    """Wall seconds of a run's epochs (fit's validation included), summed over restarts.
+
+    Read from ``out_dir/checkpoints/state.json``; ``None`` if the run has no
+    state or an epoch's time is unknown (checkpoints written before the times
+    were recorded).
+    """
+    path = Path(out_dir) / "checkpoints" / "state.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    seconds = state.get("epoch_seconds") or []
+    if len(seconds) != int(state["epochs_done"]) or any(s is None for s in seconds):
+        return None
+    return round(float(sum(seconds)), 1)
 
 
 def epoch_batches(x, y, batch_size: int, *, seed: int, first_epoch: int, epochs: int) -> tf.data.Dataset:
@@ -330,6 +359,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     ckpt = out / "checkpoints" / "last.keras"
     state_path = out / "checkpoints" / "state.json"
     history: dict[str, list] = {}
+    epoch_seconds: list = []
     initial_epoch = 0
     with dist.scope():
         if ckpt.exists() and state_path.exists():
@@ -337,6 +367,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             model = keras.models.load_model(ckpt)
             initial_epoch = int(state["epochs_done"])
             history = state["history"]
+            epoch_seconds = state.get("epoch_seconds", [])
             print(f"resuming {config['name']} from epoch {initial_epoch} ({ckpt})", file=sys.stderr)
         else:
             spec = dict(config["model"])
@@ -358,7 +389,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
     callbacks = [
-        CheckpointAndHistory(out, history, write=chief),
+        CheckpointAndHistory(out, history, write=chief, epoch_seconds=epoch_seconds),
         keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
         keras.callbacks.TerminateOnNaN(),
     ]

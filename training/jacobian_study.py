@@ -95,7 +95,8 @@ def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
     name = run_name(run)
     start = time.time()
     model = training.train(recipe(run), out / "runs" / name, verbose=2)
-    train_seconds = time.time() - start
+    wall = time.time() - start
+    train_seconds = training.train_seconds(out / "runs" / name) or wall  # summed over restarts
     x, y = data.load("mnist", "train")
     x_val, y_val = x[len(x) - N_VAL:][:n_eval], y[len(y) - N_VAL:][:n_eval]
     result = evaluation.evaluate_model(model, x_val, y_val, attacks=PAPER_ATTACKS, eps=",".join(EPS),
@@ -103,7 +104,7 @@ def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
                                        meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
     row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": utils.source_commit(HERE),
            "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),
-           "eval_seconds": round(time.time() - start - train_seconds, 1),
+           "eval_seconds": round(time.time() - start - wall, 1),
            "history": json.loads((out / "runs" / name / "history.json").read_text()),
            "validation": result, "cells_vs_paper_on_validation": cells_vs_paper(result)}
     utils.atomic_write_text(out / f"{name}.json", json.dumps(row, indent=1) + "\n")
