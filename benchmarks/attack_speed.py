@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import hardware, write_result  # noqa: E402
 
 from tfrobust import attacks, data, models  # noqa: E402
+from tfrobust.utils import set_threads  # noqa: E402
 
 DEFAULT_OUT = "benchmarks/results/attack_speed.json"
 
@@ -191,8 +192,7 @@ def main(argv=None) -> int:
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    set_threads(args.threads, inter=False)
     t_start = time.perf_counter()
 
     model, model_desc = get_model(args)

@@ -30,6 +30,7 @@ import tensorflow as tf
 from common import hardware, write_result  # noqa: I001  (benchmarks/ is on sys.path when run as a script)
 from tfrobust import data, evaluation
 from tfrobust.models import load_model, unwrap
+from tfrobust.utils import set_threads
 
 
 def art_autoattack(clf, x, y, eps: float, batch: int) -> np.ndarray:
@@ -53,9 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/autoattack_vs_art.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    set_threads(args.threads)
     clf = unwrap(load_model(args.model))
     x, y = data.load("mnist", "test", args.n)
     x = x.astype(np.float32)

@@ -65,6 +65,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import hardware, write_result  # noqa: E402
 
 from tfrobust import data, evaluation, losses, models  # noqa: E402
+from tfrobust.utils import set_threads  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # the evaluator's per-attack tf.function retracing warnings
@@ -131,8 +132,7 @@ def main(argv=None) -> int:
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", default="benchmarks/results/fd_vs_double_backprop.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    set_threads(args.threads, inter=False)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     wall_start = time.perf_counter()
 

@@ -45,6 +45,7 @@ from common import hardware, write_result  # noqa: E402
 from tfrobust import models  # noqa: E402
 from tfrobust import objectives as O  # noqa: E402
 from tfrobust.attacks import AttackConfig  # noqa: E402
+from tfrobust.utils import set_threads  # noqa: E402
 
 EPS = 0.3
 PGD10 = AttackConfig(name="pgd", eps=EPS, steps=10, step_size=2.5 * EPS / 10, random_start=True)
@@ -176,8 +177,7 @@ def main(argv=None) -> int:
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", default="benchmarks/results/step_time.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    set_threads(args.threads, inter=False)
     if "natural" not in args.methods:
         parser.error("--methods must include natural (the ratios' reference)")
 

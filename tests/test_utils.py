@@ -49,3 +49,18 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     utils.atomic_write(tmp_path / "copy.bin", src)
     assert target.read_text() == "two" and (tmp_path / "copy.bin").read_bytes() == b"three"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "copy.bin", "src.bin", "sub"]
+
+
+def test_set_threads_sets_tensorflows_pools_and_rejects_bad_counts():
+    import subprocess
+    import sys
+    code = ("import tensorflow as tf; from tfrobust.utils import set_threads; set_threads(1, inter=False); "
+            "a = (tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads()); set_threads(0); "
+            "set_threads(1); print(a, tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["(1,", "0)", "1"]  # intra only, 0 is a no-op, then both
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"threads={bad!r}"):
+            utils.set_threads(bad)

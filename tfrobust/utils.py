@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "hardware",
+    "set_threads",
     "source_commit",
     "as_labels",
     "check_range",
@@ -128,6 +129,22 @@ def source_commit(path: str | os.PathLike | None = None) -> str:
     if not head:
         return "unknown"
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def set_threads(n: int, *, inter: bool = True) -> None:
+    """Limits TensorFlow to ``n`` intra-op threads (and inter-op ones if ``inter``); 0 keeps TF's default.
+
+    For the drivers' ``--threads``: one job per core. Call before TensorFlow runs an op.
+
+    Raises:
+        ValueError: if ``n`` is negative.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"threads={n!r} must be a non-negative integer")
+    if n:
+        tf.config.threading.set_intra_op_parallelism_threads(int(n))
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(int(n))
 
 
 def hardware() -> str:

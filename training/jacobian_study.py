@@ -190,9 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        from tfrobust.utils import set_threads
+        set_threads(args.threads)
     for run in args.run:
         name = run_name(run)
         if (out / f"{name}.json").exists():

@@ -188,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n-strong={args.n_strong} must not exceed --n-test={args.n_test}")
     if args.threads < 0:
         parser.error(f"--threads={args.threads} must be >= 0")
-    if args.threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    utils.set_threads(args.threads)
     x_test, y_test = data.load("mnist", "test", args.n_test)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "recipes", "recipe_epochs", "threads")}
     out = Path(args.out)

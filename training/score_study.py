@@ -325,9 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         if n not in MODELS:
             parser.error(f"model {n!r} is unknown; choose from {list(MODELS)}")
     if args.threads:
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        from tfrobust.utils import set_threads  # pylint: disable=import-outside-toplevel
+        set_threads(args.threads)
     if args.train:
         train_models(Path(args.runs), names)
     if args.analyse:
