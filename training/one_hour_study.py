@@ -22,7 +22,8 @@ Keys: ``method`` (``pgd``: PGD-k adversarial training, Madry et al.; ``trades``:
 TRADES with its KL attack), ``k`` (attack steps), ``step`` (attack step; 0 =
 ``2.5 * eps / k``), ``emr`` (EMR's per-example lambda at the attack point, T = 40;
 0 = no EMR), ``beta`` (TRADES' KL weight), ``width`` (of the paper CNN),
-``epochs``, ``lr`` (Adam), ``schedule`` (``cosine`` or ``constant``), ``seed``.
+``epochs``, ``lr`` (Adam), ``schedule`` (``cosine`` or ``constant``), ``seed``,
+``n_train`` (first N of the 59,000; 0 = all).
 Every run ramps eps up over its first epoch (``train.eps_warmup_epochs`` = 1).
 """
 
@@ -39,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 EPS = 0.3
 N_VAL = 1000
 DEFAULTS = {"method": "pgd", "k": 7, "step": 0.0, "emr": 0.0234375, "beta": 6.0, "width": 1.0, "epochs": 4,
-            "lr": 1e-3, "schedule": "cosine", "seed": 0}
+            "lr": 1e-3, "schedule": "cosine", "seed": 0, "n_train": 0}
 METHODS = ("pgd", "trades")
 TEXT_KEYS = ("method", "schedule")
 
@@ -75,7 +76,7 @@ def run_name(run: dict) -> str:
         name += f"_b{run['beta']:g}"
     name += f"_emr{run['emr']:g}" if run["emr"] else "_noemr"
     name += f"_w{run['width']:g}_e{run['epochs']}"
-    for key in ("lr", "schedule", "seed"):
+    for key in ("lr", "schedule", "seed", "n_train"):
         if run[key] != DEFAULTS[key]:
             name += f"_{key}{run[key]}"
     return name
@@ -95,21 +96,23 @@ def recipe(run: dict) -> dict:
     return {"name": run_name(run), "dataset": "mnist", "model": {"name": "mnist_cnn", "width": run["width"]},
             "objective": objective,
             "train": {"epochs": run["epochs"], "batch_size": 128, "optimizer": "adam", "learning_rate": run["lr"],
-                      "validation_n": N_VAL, "seed": run["seed"], "eps_warmup_epochs": 1,
+                      "validation_n": N_VAL, "n_train": run["n_train"] or None, "seed": run["seed"],
+                      "eps_warmup_epochs": 1,
                       "lr_schedule": run["schedule"]}}
 
 
-def validate(model, targets: int) -> dict:
-    """APGD-CE → APGD-T at eps 0.3 on the 1,000 held-out training images (no sanity block)."""
+def validate(model, targets: int, n_eval: int = N_VAL) -> dict:
+    """APGD-CE → APGD-T at eps 0.3 on the first ``n_eval`` of the 1,000 held-out training images (no sanity block)."""
     from tfrobust import data, evaluation
 
     x, y = data.load("mnist", "train")
-    return evaluation.evaluate_model(model, x[len(x) - N_VAL:], y[len(y) - N_VAL:], attacks=["apgd-ce", "apgd-t"],
+    x_val, y_val = x[len(x) - N_VAL:][:n_eval], y[len(y) - N_VAL:][:n_eval]
+    return evaluation.evaluate_model(model, x_val, y_val, attacks=["apgd-ce", "apgd-t"],
                                      eps=str(EPS), cascade=True, apgd_targets=targets, sanity=False, progress=False,
-                                     meta={"split": f"train[-{N_VAL}:] (validation)"})
+                                     meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
 
 
-def run_one(run: dict, out: Path, targets: int, command: str) -> dict:
+def run_one(run: dict, out: Path, targets: int, n_eval: int, command: str) -> dict:
     """Trains and validates one run; writes and returns its JSON."""
     from tfrobust import training, utils
 
@@ -118,7 +121,7 @@ def run_one(run: dict, out: Path, targets: int, command: str) -> dict:
     model = training.train(recipe(run), out / "runs" / name, verbose=2)
     wall = time.time() - start
     train_seconds = training.train_seconds(out / "runs" / name) or wall  # summed over restarts
-    result = validate(model, targets)
+    result = validate(model, targets, n_eval)
     row = {"run": name, "settings": run, "recipe": recipe(run), "command": command,
            "commit": utils.source_commit(HERE), "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),
            "eval_seconds": round(time.time() - start - wall, 1),
@@ -127,14 +130,14 @@ def run_one(run: dict, out: Path, targets: int, command: str) -> dict:
     return row
 
 
-def reference_one(path: Path, out: Path, targets: int, command: str) -> dict:
+def reference_one(path: Path, out: Path, targets: int, n_eval: int, command: str) -> dict:
     """Validates an already trained model the same way; writes ``reference_<stem>.json``."""
     import keras
 
     from tfrobust import utils
 
     start = time.time()
-    result = validate(keras.models.load_model(path), targets)
+    result = validate(keras.models.load_model(path), targets, n_eval)
     name = f"reference_{path.parent.name}"
     row = {"run": name, "model": str(path), "command": command, "commit": utils.source_commit(HERE),
            "hardware": utils.hardware(), "eval_seconds": round(time.time() - start, 1), "validation": result}
@@ -191,19 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, action="append", default=[],
                         help="a trained .keras model to validate the same way")
     parser.add_argument("--targets", type=int, default=3, help="APGD-T target classes (AutoAttack: 9)")
+    parser.add_argument("--n-eval", type=int, default=N_VAL, help="held-out images to attack")
     parser.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default)")
     parser.add_argument("--plot", action="store_true", help="(re)write summary.md and budget.png")
     args = parser.parse_args(argv)
     if not 1 <= args.targets <= 9:
         parser.error(f"--targets={args.targets} must be in [1, 9]")
+    if not 1 <= args.n_eval <= N_VAL:
+        parser.error(f"--n-eval={args.n_eval} must be in [1, {N_VAL}]")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         from tfrobust.utils import set_threads
         set_threads(args.threads)
-    base = f"python training/one_hour_study.py --out {shlex.quote(str(args.out))} --targets {args.targets}"
+    base = f"python training/one_hour_study.py --out {shlex.quote(str(args.out))} --targets {args.targets}" + (
+        f" --n-eval {args.n_eval}" if args.n_eval != N_VAL else "")
     for path in args.reference:
-        row = reference_one(path, out, args.targets, f"{base} --reference {shlex.quote(str(path))}")
+        row = reference_one(path, out, args.targets, args.n_eval, f"{base} --reference {shlex.quote(str(path))}")
         print(f"{row['run']}: {row['validation']['worst_case'][str(EPS)]:.3f}", flush=True)
     for run in args.run:
         name = run_name(run)
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: done already ({out / f'{name}.json'})", flush=True)
             continue
         command = f"{base} --run {','.join(f'{k}={v}' for k, v in run.items())}"
-        row = run_one(run, out, args.targets, command)
+        row = run_one(run, out, args.targets, args.n_eval, command)
         print(f"{name}: {row['validation']['worst_case'][str(EPS)]:.3f} at eps {EPS}, train {row['train_seconds']:.0f} s",
               flush=True)
     rows = load_rows(out)
