@@ -175,6 +175,7 @@ def plot_budget(rows: list[dict], path: Path) -> None:
                    marker="D" if r["settings"]["emr"] else "o", s=50, zorder=3)
         ax.annotate(r["run"], (r["train_seconds"], robust), fontsize=7, xytext=(5, 4 if i % 2 else -9),
                     textcoords="offset points")
+    ax.margins(x=0.25, y=0.1)  # room for the labels
     ax.set_xlabel("training wall seconds (one core per run)")
     ax.set_ylabel("APGD-CE → APGD-T accuracy at eps 0.3 (%, validation)")
     handles = [plt.Line2D([], [], marker=m, color=c, ls="") for m, c in
