@@ -64,3 +64,17 @@ def test_set_threads_sets_tensorflows_pools_and_rejects_bad_counts():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=f"threads={bad!r}"):
             utils.set_threads(bad)
+
+
+def test_parse_settings_casts_to_the_defaults_types_and_names_bad_keys():
+    from tfrobust.utils import parse_settings
+
+    defaults = {"c": 0.01, "epochs": 10, "norm": "l1"}
+    run = parse_settings("c=0.5, epochs=3,,norm=l2", defaults, text_keys=("norm",))
+    assert run == {"c": 0.5, "epochs": 3, "norm": "l2"} and type(run["epochs"]) is int
+    assert defaults == {"c": 0.01, "epochs": 10, "norm": "l1"}  # a copy: the defaults are untouched
+    assert parse_settings("", defaults) == defaults
+    with pytest.raises(ValueError, match=r"run key 'q' is unknown; choose from \['c', 'epochs', 'norm'\]"):
+        parse_settings("q=1", defaults)
+    with pytest.raises(ValueError, match=r"run epochs='3.5' is not a valid int"):
+        parse_settings("epochs=3.5", defaults)

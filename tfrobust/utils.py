@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "hardware",
     "set_threads",
+    "parse_settings",
     "source_commit",
     "as_labels",
     "check_range",
@@ -145,6 +146,27 @@ def set_threads(n: int, *, inter: bool = True) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(int(n))
         if inter:
             tf.config.threading.set_inter_op_parallelism_threads(int(n))
+
+
+def parse_settings(text: str, defaults: Mapping[str, Any], *, text_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``"c=0.01,k=3"`` -> a copy of ``defaults`` with those keys set, each cast to its default's type.
+
+    For the studies' ``--run key=value,...``; keys in ``text_keys`` stay strings; empty items are skipped.
+
+    Raises:
+        ValueError: naming an unknown key or a value that does not cast.
+    """
+    settings = dict(defaults)
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"run key {key!r} is unknown; choose from {sorted(defaults)}")
+        kind = str if key in text_keys else type(defaults[key])
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"run {key}={value!r} is not a valid {kind.__name__}") from None
+    return settings
 
 
 def hardware() -> str:

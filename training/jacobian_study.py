@@ -46,16 +46,12 @@ def parse_run(text: str) -> dict:
     Raises:
         argparse.ArgumentTypeError: naming an unknown key or a bad value.
     """
-    run = dict(DEFAULTS)
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, _, value = item.partition("=")
-        if key not in DEFAULTS:
-            raise argparse.ArgumentTypeError(f"run key {key!r} is unknown; choose from {sorted(DEFAULTS)}")
-        try:
-            run[key] = type(DEFAULTS[key])(value) if key != "norm" else value
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"run {key}={value!r} is not a {type(DEFAULTS[key]).__name__}")
-    return run
+    from tfrobust.utils import parse_settings
+
+    try:
+        return parse_settings(text, DEFAULTS, text_keys=("norm",))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run_name(run: dict) -> str:

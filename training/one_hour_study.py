@@ -51,15 +51,12 @@ def parse_run(text: str) -> dict:
     Raises:
         argparse.ArgumentTypeError: naming an unknown key or a bad value.
     """
-    run = dict(DEFAULTS)
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, _, value = item.partition("=")
-        if key not in DEFAULTS:
-            raise argparse.ArgumentTypeError(f"run key {key!r} is unknown; choose from {sorted(DEFAULTS)}")
-        try:
-            run[key] = value if key in TEXT_KEYS else type(DEFAULTS[key])(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"run {key}={value!r} is not a {type(DEFAULTS[key]).__name__}")
+    from tfrobust.utils import parse_settings
+
+    try:
+        run = parse_settings(text, DEFAULTS, text_keys=TEXT_KEYS)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if run["method"] not in METHODS:
         raise argparse.ArgumentTypeError(f"run method={run['method']!r} is unknown; choose from {METHODS}")
     if run["k"] < 1 or run["epochs"] < 1:
