@@ -58,6 +58,10 @@ def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_readme_quotes_it
     best = max(pilots, key=lambda r: r["validation"]["worst_case"]["0.3"])
     # The shipped recipe is the pilot that won on the held-out images, trained for longer.
     assert (best["recipe"]["objective"], best["recipe"]["model"]) == (recipe["objective"], recipe["model"])
+    for r in pilots:  # the README's pilot table is the study's JSONs
+        v = r["validation"]
+        assert (f"| {r['settings']['epochs']} | {100 * v['clean_accuracy']:.1f} | "
+                f"{100 * v['worst_case']['0.3']:.1f} |") in README, r["run"]
     result = json.loads((REPO / "training" / "results" / "one_cpu_hour" / "eval.json").read_text())
     assert result["recipe"] == "mnist_one_cpu_hour" and result["n"] >= 1000 and result["epochs_trained"] == \
         recipe["train"]["epochs"]
