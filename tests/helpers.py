@@ -1,5 +1,8 @@
 """Small models, data and checks shared by several test files (not a test module)."""
 
+import importlib.util
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -7,6 +10,14 @@ import tensorflow as tf
 from tfrobust import attacks
 
 SHAPE = (8, 8, 1)
+
+
+def load_script(path: Path):
+    """Imports a driver script (``training/*.py``, ``benchmarks/*.py``) as a module, by file path."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_cnn(seed=None):

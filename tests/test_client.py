@@ -1,7 +1,6 @@
 """Tests of tfrobust.client (REST against the local server, gRPC against a stand-in
 PredictionService) and the export -> serve -> client round trip."""
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import tensorflow as tf
 pytest.importorskip("fastapi")
 
 from tfrobust import client as client_mod  # noqa: E402
-from helpers import SHAPE, images, small_cnn  # noqa: E402
+from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
 from tfrobust import export, server  # noqa: E402
 from tfrobust.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
 
@@ -204,9 +203,7 @@ def test_grpc_unknown_model(grpc_target):
 
 def test_export_serve_client_round_trip(tmp_path):
     """`tfrobust export`, then `tfrobust serve`, then `python -m tfrobust.client`."""
-    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks" / "serving_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "benchmarks" / "serving_bench.py")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     model_path = tmp_path / "model.keras"
     small_cnn(seed=2).save(model_path)

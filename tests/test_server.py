@@ -2,7 +2,6 @@
 
 import asyncio
 import concurrent.futures
-import importlib.util
 import json
 import re
 import signal
@@ -16,7 +15,7 @@ import tensorflow as tf
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from helpers import SHAPE, images, small_cnn  # noqa: E402
+from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
 from tfrobust import export, server  # noqa: E402
 from tfrobust.client import RestClient  # noqa: E402
 
@@ -25,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_bench():
     """The benchmark module (its fuzzers and server process helper)."""
-    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks" / "serving_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "serving_bench.py")
 
 
 @pytest.fixture(scope="module")

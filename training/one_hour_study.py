@@ -94,8 +94,7 @@ def recipe(run: dict) -> dict:
             "objective": objective,
             "train": {"epochs": run["epochs"], "batch_size": 128, "optimizer": "adam", "learning_rate": run["lr"],
                       "validation_n": N_VAL, "n_train": run["n_train"] or None, "seed": run["seed"],
-                      "eps_warmup_epochs": 1,
-                      "lr_schedule": run["schedule"]}}
+                      "eps_warmup_epochs": 1, "lr_schedule": run["schedule"]}}
 
 
 def validate(model, targets: int, n_eval: int = N_VAL) -> dict:
@@ -113,13 +112,13 @@ def run_one(run: dict, out: Path, targets: int, n_eval: int, command: str) -> di
     """Trains and validates one run; writes and returns its JSON."""
     from tfrobust import training, utils
 
-    name = run_name(run)
+    name, spec = run_name(run), recipe(run)
     start = time.time()
-    model = training.train(recipe(run), out / "runs" / name, verbose=2)
+    model = training.train(spec, out / "runs" / name, verbose=2)
     wall = time.time() - start
     train_seconds = training.train_seconds(out / "runs" / name) or wall  # summed over restarts
     result = validate(model, targets, n_eval)
-    row = {"run": name, "settings": run, "recipe": recipe(run), "command": command,
+    row = {"run": name, "settings": run, "recipe": spec, "command": command,
            "commit": utils.source_commit(HERE), "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),
            "eval_seconds": round(time.time() - start - wall, 1),
            "history": json.loads((out / "runs" / name / "history.json").read_text()), "validation": result}
@@ -128,7 +127,7 @@ def run_one(run: dict, out: Path, targets: int, n_eval: int, command: str) -> di
 
 
 def reference_one(path: Path, out: Path, targets: int, n_eval: int, command: str) -> dict:
-    """Validates an already trained model the same way; writes ``reference_<stem>.json``."""
+    """Validates an already trained model the same way; writes ``reference_<its folder's name>.json``."""
     import keras
 
     from tfrobust import utils
