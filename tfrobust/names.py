@@ -5,7 +5,7 @@ The command line lists them in ``--help`` without loading TensorFlow
 import them from here.
 """
 
-__all__ = ["NORMS", "PENALTY_NORMS", "STRATEGIES"]
+__all__ = ["NORMS", "PENALTY_NORMS", "STRATEGIES", "BOUND_METHODS"]
 
 NORMS = ("linf", "l2")
 """Threat norms the attacks support."""
@@ -15,3 +15,6 @@ PENALTY_NORMS = ("l1", "l2", "l2_squared", "linf")
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 """Distribution strategies of ``tfrobust train``."""
+
+BOUND_METHODS = ("ibp", "crown-ibp")
+"""Bound-propagation methods that certify a prediction (``tfrobust.bounds``)."""

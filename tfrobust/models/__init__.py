@@ -2,8 +2,8 @@
 
 from tfrobust.models.robust import (RobustModel, load_model, responds_to_training, scale_loss_for_distribution,
                                    unwrap, warmup_scale)
-from tfrobust.models.zoo import (CLASSIFIERS, build_classifier, cifar_cnn, linear_classifier, mnist_cnn,
-                                 wide_resnet, wrn_34_10)
+from tfrobust.models.zoo import (CLASSIFIERS, build_classifier, cifar_cnn, ibp_cnn, linear_classifier,
+                                 mnist_cnn, wide_resnet, wrn_34_10)
 
 __all__ = [
     "responds_to_training",
@@ -14,6 +14,7 @@ __all__ = [
     "mnist_cnn",
     "cifar_cnn",
     "linear_classifier",
+    "ibp_cnn",
     "wide_resnet",
     "wrn_34_10",
     "build_classifier",

@@ -8,6 +8,7 @@ __all__ = [
     "mnist_cnn",
     "cifar_cnn",
     "linear_classifier",
+    "ibp_cnn",
     "wide_resnet",
     "wrn_34_10",
     "build_classifier",
@@ -86,13 +87,44 @@ def wrn_34_10(input_shape=(32, 32, 3), num_classes: int = 10, name: str = "wrn_3
     return wide_resnet(input_shape, num_classes, depth=34, widen=10, name=name)
 
 
+IBP_CNN_PLANS = {
+    "small": ([(16, 4, 2), (32, 4, 1)], [100]),
+    "medium": ([(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)], [512, 512]),
+    "large": ([(64, 3, 1), (64, 3, 1), (128, 3, 2), (128, 3, 1), (128, 3, 1)], [512]),
+}
+"""Gowal et al.'s (2019) CNNs, ``(filters, kernel, stride)`` per conv and units per hidden dense layer."""
+
+
+def ibp_cnn(input_shape=(28, 28, 1), num_classes: int = 10, size: str = "small",
+            name: str | None = None) -> keras.Model:
+    """The certified-training CNNs of Gowal et al. (2019), used by CROWN-IBP too: no pooling.
+
+    ``small``: conv 16 4x4/2 - conv 32 4x4/1 - dense 100; ``medium``: four convs and two dense
+    512; ``large``: five convs (64, 64, 128/2, 128, 128) and dense 512. ReLU after each, valid
+    padding for ``small`` and same for the others, as in their code.
+
+    Raises:
+        ValueError: naming an unknown size.
+    """
+    if size not in IBP_CNN_PLANS:
+        raise ValueError(f"size={size!r} is unknown; choose one of {sorted(IBP_CNN_PLANS)}")
+    convs, dense = IBP_CNN_PLANS[size]
+    padding = "valid" if size == "small" else "same"
+    layers = [keras.Input(input_shape)]
+    layers += [keras.layers.Conv2D(f, k, strides=s, padding=padding, activation="relu") for f, k, s in convs]
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(u, activation="relu") for u in dense]
+    layers.append(keras.layers.Dense(num_classes))
+    return keras.Sequential(layers, name=name or f"ibp_cnn_{size}")
+
+
 def linear_classifier(input_shape, num_classes: int = 10, name: str = "linear") -> keras.Model:
     """Softmax regression on flattened inputs: logits ``W x + b``."""
     return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
                              keras.layers.Dense(num_classes)], name=name)
 
 
-CLASSIFIERS = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "linear": linear_classifier,
+CLASSIFIERS = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "linear": linear_classifier, "ibp_cnn": ibp_cnn,
                "wide_resnet": wide_resnet, "wrn_34_10": wrn_34_10}
 """Classifier name -> builder, for configs."""
 

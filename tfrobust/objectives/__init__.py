@@ -15,8 +15,8 @@ Oberman's difference quotient along the (stop-gradient) steepest direction:
 two forward/backward passes, no double backprop.
 
 Terms: :class:`CrossEntropy`, :class:`AdversarialTraining`,
-:class:`FastAdversarialTraining`, :class:`Trades`, :class:`Mart` (base
-losses) and :class:`DecisionJacobian`, :class:`InputGradient`,
+:class:`FastAdversarialTraining`, :class:`Trades`, :class:`Mart`,
+:class:`CertifiedTraining` (IBP and CROWN-IBP; base losses) and :class:`DecisionJacobian`, :class:`InputGradient`,
 :class:`EffectiveMargin` (penalties). TRADES' KL attack is a
 :class:`KLAttack` point, usable wherever an attack config is.
 
@@ -30,6 +30,7 @@ Example::
 from tfrobust.attacks.kl import KLAttack, gaussian_noise, kl_divergence, kl_pgd
 from tfrobust.objectives.base import (AdversarialTraining, CrossEntropy, FastAdversarialTraining, Objective,
                                       Term, as_objective)
+from tfrobust.objectives.certified import CertifiedTraining
 from tfrobust.objectives.context import CLEAN, StepContext
 from tfrobust.objectives.penalties import (GRADIENT_METHODS, PENALTY_NORMS, DecisionCurvature, DecisionJacobian,
                                            EffectiveMargin, InputGradient, finite_difference_direction,
@@ -64,4 +65,5 @@ __all__ = [
     "Trades",
     "mart_loss",
     "Mart",
+    "CertifiedTraining",
 ]
