@@ -53,6 +53,8 @@ OBJECTIVES = {
     "jacobian_curvature": lambda: (O.CrossEntropy() + O.DecisionJacobian(c=0.5)
                                    + O.DecisionCurvature(c=0.5, h=0.1)),
     "jacobian_emr": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5) + O.EffectiveMargin(lam=0.5),
+    "ibp": lambda: O.CertifiedTraining(eps=0.1, method="ibp", kappa=0.5),
+    "crown_ibp": lambda: O.CertifiedTraining(eps=0.1, method="crown-ibp", kappa=0.0, beta=0.5),
 }
 
 

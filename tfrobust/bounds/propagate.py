@@ -43,13 +43,13 @@ def input_box(x: tf.Tensor, eps, clip: tuple[float, float] | None) -> tuple[tf.T
     x = tf.convert_to_tensor(x)
     dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
     x = tf.cast(x, dtype)
-    eps = tf.cast(eps, dtype)
+    eps = tf.cast(eps, dtype) if isinstance(eps, (tf.Tensor, tf.Variable)) else tf.constant(eps, dtype)
     if eps.shape.rank:
         eps = tf.reshape(eps, tf.concat([tf.shape(eps), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
     lower, upper = x - eps, x + eps
     if clip is not None:
-        lower = tf.maximum(lower, tf.cast(clip[0], dtype))
-        upper = tf.minimum(upper, tf.cast(clip[1], dtype))
+        lower = tf.maximum(lower, tf.constant(clip[0], dtype))
+        upper = tf.minimum(upper, tf.constant(clip[1], dtype))
     return lower, upper
 
 
