@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tfrobust.names import NORMS
+from tfrobust.names import BOUND_METHODS, NORMS
 
 __all__ = [
     "add_arguments",
@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run this minimal-norm attack once (fab, fab-t, fmn, fmn+fab or fmn+fab-t): the "
                              "distance per example and the accuracy at every eps, in the JSON under 'curve'")
     parser.add_argument("--curve-png", default=None, help="write the accuracy-vs-eps curve here (needs --curve)")
+    parser.add_argument("--certify", default=None, choices=BOUND_METHODS,
+                        help="also prove robustness by bound propagation (L∞): verified accuracy per eps beside "
+                             "the attacks, and a sanity check that no verified example was broken")
     parser.add_argument("--norm", default="linf", choices=NORMS)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
                             apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
                             fab_targets=args.fab_targets, fmn_steps=args.fmn_steps, curve=args.curve,
+                            certify=args.certify,
                             meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
     text = json.dumps(result, indent=1)
     if args.json:

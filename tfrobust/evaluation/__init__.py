@@ -23,6 +23,7 @@ attack failed on, and a worst case that moves with the random seed.
 The result is the evaluation JSON of docs/architecture.md
 """
 
+from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade
 from tfrobust.evaluation.curve import CURVE_ATTACKS, accuracy_at, minimal_distances, plot_curve
 from tfrobust.evaluation.report import evaluate_model, format_table, load_model, parse_eps_list
@@ -30,6 +31,9 @@ from tfrobust.evaluation.sanity import sanity_checks, seed_tolerance
 
 __all__ = [
     "evaluate_model",
+    "verified_examples",
+    "certified_radii",
+    "soundness_check",
     "sanity_checks",
     "run_cascade",
     "expand_attacks",

@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 from tfrobust import losses
 from tfrobust.attacks import AttackConfig
 from tfrobust.models import load_model, unwrap
-from tfrobust.utils import as_arrays, check_range
+from tfrobust.names import BOUND_METHODS
+from tfrobust.utils import as_arrays, check_choice, check_range
 from tfrobust.attacks import Budget, eval_attack
 from tfrobust.evaluation.cascade import (attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
+from tfrobust.evaluation.certified import soundness_check, verified_examples
 from tfrobust.evaluation.curve import check_curve_attack, curve_report, minimal_distances
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
@@ -81,6 +83,7 @@ def evaluate_model(
     fab_targets: int = 9,
     fmn_steps: int = 100,
     curve: str | None = None,
+    certify: str | None = None,
 ) -> dict:
     """Accuracy of ``model`` under every attack at every eps (docs/architecture.md JSON).
 
@@ -118,6 +121,9 @@ def evaluate_model(
             ``result["curve"]``: the distance found per example, accuracy at
             every eps at once, and where the curve lies above a bounded
             attack's worst case (see :mod:`tfrobust.evaluation.curve`).
+        certify: also prove robustness by bound propagation (``"ibp"`` or ``"crown-ibp"``, L∞
+            only) and add ``result["verified"]``: the verified accuracy at every eps. The sanity
+            checks then fail if any verified example was broken by an attack (a soundness bug).
 
     Returns:
         The evaluation dict.
@@ -129,6 +135,10 @@ def evaluate_model(
                     fab_targets=fab_targets, fmn_steps=fmn_steps)
     if curve is not None:
         check_curve_attack(curve)
+    if certify is not None:
+        check_choice("certify", certify, BOUND_METHODS)
+        if norm != "linf":
+            raise ValueError(f"norm={norm!r}: certify={certify!r} proves L∞ balls only")
     if "square" in order and norm != "linf":
         raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
     x, y = as_arrays(x, y)
@@ -176,6 +186,11 @@ def evaluate_model(
             robust_all[key] &= runs[name][key][1]
         result["settings"][name] = attack_settings(name, budget, clip=clip, stages=stages)
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
+    if certify is not None:
+        bar.set_postfix_str(f"certify: {certify}")
+        verified = verified_examples(clf, x, y, eps_list, method=certify, clip=clip, batch_size=batch_size)
+        result["verified"] = {key: float(v.mean()) for key, v in verified.items()}
+        result["settings"]["certify"] = {"method": certify, "norm": "linf", "clip": [float(c) for c in clip]}
 
     if sanity:
         gain = black_box_gain(runs, order, eps_list) if "square" in order else None
@@ -195,6 +210,9 @@ def evaluate_model(
                                          unbounded_accuracy=unbounded_acc,
                                          num_classes=int(stats["logits"].shape[-1]),
                                          black_box_gain=gain, seed_check=seed)
+        if certify is not None:
+            result["sanity"]["checks"].append(soundness_check(verified, robust_all))
+            result["sanity"]["passed"] = all(c["passed"] for c in result["sanity"]["checks"])
     bar.close()
     if curve is not None:
         distances = minimal_distances(clf, x, y, curve, budget, batch_size=batch_size, clip=clip,
@@ -209,7 +227,10 @@ def format_table(result: dict) -> str:
     keys = list(result["worst_case"])
     lines = [f"clean accuracy {result['clean_accuracy']:.3f} on n={result['n']}",
              "attack      " + "".join(f"{k:>9}" for k in keys)]
-    for name, table in list(result["attacks"].items()) + [("worst case", result["worst_case"])]:
+    rows = list(result["attacks"].items()) + [("worst case", result["worst_case"])]
+    if "verified" in result:
+        rows.append(("verified", result["verified"]))
+    for name, table in rows:
         lines.append(f"{name:<12}" + "".join(f"{table[k]:>9.3f}" for k in keys))
     if "curve" in result:
         c = result["curve"]
