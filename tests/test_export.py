@@ -444,3 +444,92 @@ def test_load_keras_model_errors(tmp_path):
     junk.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="could not be loaded"):
         export.load_keras_model(junk)
+
+
+# -- certified_radius ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certified_export(tmp_path_factory):
+    """A small MLP trained with IBP on digits, exported with certified_radius (crown-ibp)."""
+    from tfrobust import data, objectives, models
+    x, y = data.load("digits", "train")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    model = models.RobustModel(net, objectives.CertifiedTraining(eps=0.05, kappa=0.5), eps_warmup_steps=50)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    base = tmp_path_factory.mktemp("certified") / "model"
+    path = export.export_saved_model(model, base, norm="linf",
+                                     certify=export.certify_settings("crown-ibp", tolerance=1 / 64))
+    xt, yt = data.load("digits", "test")
+    return model, path, xt[:96], yt[:96]
+
+
+def test_served_certified_radius_is_the_library_radius(certified_export):
+    from tfrobust import bounds
+    model, path, x, _ = certified_export
+    served = tf.saved_model.load(path).signatures["robustness"](inputs=tf.constant(x))
+    radius, predicted = bounds.certified_radius(model.classifier, x, method="crown-ibp", tolerance=1 / 64)
+    np.testing.assert_allclose(served["certified_radius"].numpy(), radius.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(served["predicted_class"].numpy(), predicted.numpy())
+    assert np.mean(radius.numpy() > 0) > 0.3  # the IBP-trained net proves most predictions
+    meta = json.loads((Path(path) / export.METADATA_PATH).read_text())
+    assert "certified_radius" in meta["signatures"]["robustness"]
+    assert meta["certified_radius"]["method"] == "crown-ibp" and meta["certified_radius"]["norm"] == "linf"
+    assert meta["certified_radius"]["tolerance"] == 1 / 64 and meta["certified_radius"]["bisection_steps"] == 6
+
+
+def test_no_attack_changes_a_prediction_within_its_certified_radius(certified_export):
+    """The strongest attacks we have, each at the example's own served radius, never flip it."""
+    from tfrobust import attacks
+    _, path, x, _ = certified_export
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["robustness"](inputs=tf.constant(x))
+    radius, predicted = served["certified_radius"].numpy(), served["predicted_class"].numpy()
+
+    def classify(t, training=False):  # the served model, as the attacks call a classifier
+        return loaded.signatures["serving_default"](inputs=tf.cast(t, tf.float32))["logits"]
+    tried = 0
+    for r in np.unique(radius[radius > 0]):  # multiples of the tolerance: one attack trace each
+        idx = np.flatnonzero(radius == r)
+        xs, ys = x[idx], predicted[idx]
+        candidates = [attacks.apgd(classify, xs, ys, eps=float(r), steps=25, loss="ce"),
+                      attacks.apgd(classify, xs, ys, eps=float(r), steps=25, loss="dlr"),
+                      attacks.cw(classify, xs, ys, eps=float(r), steps=25, step_size=float(r) / 8),
+                      attacks.square(classify, xs, ys, eps=float(r), queries=200)]
+        for x_adv in candidates:
+            x_adv = x_adv.numpy()
+            assert np.all(np.abs(x_adv - xs) <= r + 1e-6)
+            np.testing.assert_array_equal(np.argmax(classify(x_adv).numpy(), -1), ys)
+        tried += len(idx)
+    assert tried == np.sum(radius > 0) >= 30
+
+
+def test_certify_refuses_bad_settings_and_unsupported_models(tmp_path):
+    with pytest.raises(ValueError, match="'crown'"):
+        export.certify_settings("crown")
+    with pytest.raises(ValueError, match="tolerance=0"):
+        export.certify_settings("ibp", tolerance=0)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.LayerNormalization(), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="LayerNormalization"):
+        export.export_saved_model(net, tmp_path / "m", certify={"method": "ibp"})
+    assert not (tmp_path / "m").exists() or not export.list_versions(tmp_path / "m")
+
+
+def test_cli_export_certify_and_client_column(tmp_path, certified_export, capsys):
+    from tfrobust import cli
+    from tfrobust.serving import client
+    model, _, x, y = certified_export
+    model.save(tmp_path / "m.keras")
+    assert cli.main(["export", "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "base"),
+                 "--norm", "linf", "--certify", "ibp", "--certify-tolerance", "0.01"]) == 0
+    meta = json.loads((tmp_path / "base" / "1" / export.METADATA_PATH).read_text())
+    assert meta["certified_radius"]["method"] == "ibp" and meta["certified_radius"]["tolerance"] == 0.01
+    assert cli.main(["export", "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "base"),
+                 "--certify", "ibp", "--certify-tolerance", "0"]) == 2
+    assert "--certify-tolerance=0" in capsys.readouterr().err
+    scores = tf.saved_model.load(str(tmp_path / "base" / "1")).signatures["robustness"](inputs=tf.constant(x[:3]))
+    table = client.format_scores({k: v.numpy() for k, v in scores.items()}, y[:3])
+    assert "certified" in table.splitlines()[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tfrobust.names import NORMS
+from tfrobust.names import BOUND_METHODS, NORMS
 
 __all__ = ["add_arguments", "run"]
 
@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also serve estimated_radius, calibrated on the last --calibration-n examples "
                              "of this dataset's --calibration-split with the minimal-norm attack fmn+fab: "
                              "half choose the statistic (margin or effective_margin), half fit its factor")
+    parser.add_argument("--certify", default=None, choices=BOUND_METHODS,
+                        help="also serve certified_radius: the largest L∞ radius at which this bound proves the "
+                             "prediction (bisection within the clip range)")
+    parser.add_argument("--certify-tolerance", type=float, default=1.0 / 512,
+                        help="bisection tolerance of certified_radius, in input units (default 1/512)")
     parser.add_argument("--calibration-split", default="train",
                         help="split to calibrate on (default train: its last examples, which the recipes "
                              "hold out for validation)")
@@ -76,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"estimated_radius = {calibration['factor']:.4g} x {calibration['statistic']} "
               f"({args.coverage:.0%} coverage on {calibration['n']} calibration examples; "
               f"{calibration['n_choice']} more chose the statistic)")
+    certify = None
+    if args.certify is not None:
+        from tfrobust.serving.export import certify_settings  # pylint: disable=import-outside-toplevel
+        if not args.certify_tolerance > 0:
+            raise ValueError(f"--certify-tolerance={args.certify_tolerance} must be > 0")
+        clip = getattr(model, "clip", None) or (0.0, 1.0)
+        certify = certify_settings(args.certify, clip, args.certify_tolerance)
     path = export_saved_model(model, args.out, version=args.version, norm=args.norm,
-                              input_shape=args.input_shape, calibration=calibration)
+                              input_shape=args.input_shape, calibration=calibration, certify=certify)
     print(path)
     return 0

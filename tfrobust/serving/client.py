@@ -295,7 +295,7 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
     Columns: index, predicted class, its probability, true label (when given),
     margin (top-1 minus top-2 logit), grad_norm and effective_margin
     (first-order distance to the decision boundary, in input units), and the
-    calibrated ``estimated_radius`` when the export has one.
+    calibrated ``estimated_radius`` and the proven L∞ ``certified_radius`` when the export has them.
     """
     pred = np.asarray(scores["predicted_class"]).astype(int)
     prob = np.asarray(scores["probabilities"])[np.arange(len(pred)), pred]
@@ -304,6 +304,9 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
     radius = scores.get("estimated_radius")
     if radius is not None:
         header += f" {'radius':>9}"
+    certified = scores.get("certified_radius")
+    if certified is not None:
+        header += f" {'certified':>9}"
     lines = [header]
     for i in range(len(pred)):
         line = f"{i:>4} {pred[i]:>4} {prob[i]:>6.3f}"
@@ -314,6 +317,8 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
                  f" {float(scores['effective_margin'][i]):>11.5f}")
         if radius is not None:
             line += f" {float(radius[i]):>9.5f}"
+        if certified is not None:
+            line += f" {float(certified[i]):>9.5f}"
         lines.append(line)
     if labels is not None:
         lines.append("(* = misclassified)")

@@ -40,8 +40,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrobust import losses, norms
+from tfrobust import bounds, losses, norms
 from tfrobust.models import load_model as load_keras_model
+from tfrobust.models import unwrap
 
 __all__ = [
     "INPUT_NAME",
@@ -51,6 +52,7 @@ __all__ = [
     "METADATA_PATH",
     "serving_outputs",
     "robustness_outputs",
+    "certify_settings",
     "conformal_factor",
     "calibrate_radius",
     "RADIUS_STATISTICS",
@@ -112,7 +114,8 @@ RADIUS_STATISTICS = ("effective_margin", "margin")
 
 def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
                        radius_factor: float | None = None,
-                       radius_statistic: str = "effective_margin") -> dict[str, tf.Tensor]:
+                       radius_statistic: str = "effective_margin",
+                       certify: dict | None = None) -> dict[str, tf.Tensor]:
     """Outputs of the ``robustness`` signature, one value per example.
 
     The margin is ``top2_margin`` of the logits (the decision margin of the
@@ -128,6 +131,9 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
         radius_factor: if given, also ``estimated_radius = radius_factor *
             <radius_statistic>``, the calibrated radius of :func:`calibrate_radius`.
         radius_statistic: one of :data:`RADIUS_STATISTICS`.
+        certify: if given (from :func:`certify_settings`), also ``certified_radius``: the
+            largest L∞ radius at which bound propagation proves ``predicted_class``, found by
+            bisection to ``tolerance`` below the true provable radius, 0 where none is proven.
 
     Returns:
         A dict with float32 ``logits``, ``probabilities`` ``[batch, classes]``,
@@ -156,7 +162,40 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
     }
     if radius_factor is not None:
         out["estimated_radius"] = tf.constant(float(radius_factor), tf.float32) * out[radius_statistic]
+    if certify is not None:
+        radius, _ = bounds.certified_radius(
+            unwrap(model), x, method=certify["method"], clip=tuple(certify["clip"]),
+            max_eps=certify["max_eps"], tolerance=certify["tolerance"])
+        out["certified_radius"] = radius
     return out
+
+
+def certify_settings(method: str, clip: Sequence[float] = (0.0, 1.0), tolerance: float = 1.0 / 512,
+                     max_eps: float | None = None) -> dict:
+    """Checked settings of a served ``certified_radius``, as written to the version's metadata.
+
+    Args:
+        method: ``"ibp"`` or ``"crown-ibp"``.
+        clip: the valid input range (the ball is cut to it).
+        tolerance: the bisection's width: the served radius is proven, and the largest
+            provable one lies less than ``tolerance`` above it.
+        max_eps: the largest radius tried; default the clip range's width.
+
+    Raises:
+        ValueError: naming a bad method, clip range or tolerance.
+    """
+    if method not in bounds.BOUND_METHODS:
+        raise ValueError(f"certify method={method!r} is unknown; choose one of {list(bounds.BOUND_METHODS)}")
+    lo, hi = (float(c) for c in clip)
+    if not lo < hi:
+        raise ValueError(f"clip={tuple(clip)!r} must have low < high")
+    max_eps = float(hi - lo) if max_eps is None else float(max_eps)
+    steps = bounds.bisection_steps(max_eps, float(tolerance))
+    return {"method": method, "norm": "linf", "clip": [lo, hi], "max_eps": max_eps,
+            "tolerance": float(tolerance), "bisection_steps": steps,
+            "meaning": f"the largest L∞ radius (bisection, {steps} steps, tolerance {float(tolerance):.3g}) at "
+                       f"which {method} proves predicted_class for every input of the ball within the clip "
+                       "range; 0 where it proves none"}
 
 
 def conformal_factor(distance, statistic, coverage: float) -> float:
@@ -375,10 +414,11 @@ def infer_input_shape(model: keras.Model) -> tuple[int, ...]:
 
 
 def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, norm: str,
-              version: int, calibration: dict | None = None) -> dict:
+              version: int, calibration: dict | None = None, certify: dict | None = None) -> dict:
     import tfrobust
 
-    robustness = list(ROBUSTNESS_OUTPUTS) + (["estimated_radius"] if calibration else [])
+    robustness = (list(ROBUSTNESS_OUTPUTS) + (["estimated_radius"] if calibration else [])
+                  + (["certified_radius"] if certify else []))
     meta = {
         "format": 1,
         "version": version,
@@ -398,6 +438,8 @@ def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, 
     }
     if calibration:
         meta["estimated_radius"] = dict(calibration)
+    if certify:
+        meta["certified_radius"] = dict(certify)
     return meta
 
 
@@ -409,6 +451,7 @@ def export_saved_model(
     norm: str = "l2",
     input_shape: Sequence[int] | None = None,
     calibration: dict | None = None,
+    certify: dict | None = None,
 ) -> str:
     """Exports ``model`` as ``base_path/<version>/`` for TF Serving, atomically.
 
@@ -422,6 +465,9 @@ def export_saved_model(
         calibration: from :func:`calibrate_radius` (same ``norm``): the ``robustness``
             signature then also returns ``estimated_radius``, and the metadata records
             the factor, coverage and calibration size.
+        certify: from :func:`certify_settings`: the ``robustness`` signature then also
+            returns ``certified_radius`` (the model must be one that bounds can pass:
+            Sequential or functional, supported layers), recorded in the metadata.
 
     Returns:
         The version folder, ``base_path/<version>``.
@@ -444,6 +490,10 @@ def export_saved_model(
             raise ValueError(f"calibration statistic={statistic!r} must be one of {RADIUS_STATISTICS}")
         if calibration.get("norm", norm) != norm:
             raise ValueError(f"calibration norm={calibration.get('norm')!r} differs from norm={norm!r}")
+    if certify is not None:
+        certify = certify_settings(certify["method"], certify.get("clip", (0.0, 1.0)),
+                                   certify.get("tolerance", 1.0 / 512), certify.get("max_eps"))
+        bounds.graph_of(unwrap(model))  # refuses an unsupported layer by name before anything is written
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                                 or version < 0):
         raise ValueError(f"version={version!r} must be a non-negative integer")
@@ -470,7 +520,8 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
-    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic),
+    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic,
+                                                                        certify),
                          [spec])
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
@@ -478,7 +529,8 @@ def export_saved_model(
         archive.write_out(str(tmp), verbose=False)
         meta = tmp / METADATA_PATH
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration), indent=2))
+        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration, certify),
+                                         indent=2))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
         _fsync_tree(tmp)
         try:
