@@ -386,6 +386,47 @@ def model_only_ms(version_dir: str, shape: tuple[int, ...], repeats: int) -> dic
     return out
 
 
+def certified_latency(model, shape: tuple[int, ...], args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """In-process cost of ``robustness`` with ``certified_radius`` against ``serving_default``.
+
+    One export per bound (IBP, CROWN-IBP) at the default tolerance (1/512, 9 bisection steps);
+    medians of ``args.repeats * 10`` calls per signature and batch, the signatures alternating.
+    """
+    import tensorflow as tf
+    from tfrobust.serving.export import certify_settings, export_saved_model
+    from tfrobust.utils import source_commit
+
+    work = Path(tempfile.mkdtemp(prefix="tfrobust-certified-bench-"))
+    result: dict[str, Any] = {"command": command, "hardware": hardware(), "commit": source_commit(),
+                              "threads": "TF defaults", "ms": {}, "ratio_over_serving_default": {}}
+    try:
+        for method in ("ibp", "crown-ibp"):
+            settings = certify_settings(method)
+            loaded = tf.saved_model.load(export_saved_model(model, work / method, norm=args.norm, certify=settings))
+            fns = {name: loaded.signatures[name] for name in SIGNATURES}
+            result["bisection_steps"] = settings["bisection_steps"]
+            for batch in BATCHES:
+                x = tf.constant(np.random.default_rng(0).uniform(0, 1, (batch, *shape)), tf.float32)
+                times = {name: [] for name in fns}
+                for name, fn in fns.items():
+                    for _ in range(3):
+                        fn(inputs=x)
+                for _ in range(args.repeats * 10):
+                    for name, fn in fns.items():
+                        t0 = time.perf_counter()
+                        fn(inputs=x)["logits"].numpy()
+                        times[name].append((time.perf_counter() - t0) * 1000)
+                ms = {name: round(float(np.median(t)), 3) for name, t in times.items()}
+                result["ms"].setdefault(method, {})[str(batch)] = ms
+                result["ratio_over_serving_default"].setdefault(method, {})[str(batch)] = round(
+                    ms["robustness"] / ms["serving_default"], 2)
+                print(f"certified_radius ({method}), batch {batch}: {ms}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["goal"] = "robustness with certified_radius <= 10x serving_default in-process at batch 64"
+    return result
+
+
 def compare_batching(base: Path, bodies: dict, args: argparse.Namespace) -> dict[str, Any]:
     """Batch-1 throughput (images/s, median of rounds) with the server's batching on and off."""
     out: dict[str, Any] = {"clients": args.clients, "requests_per_run": args.requests_1}
@@ -449,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-batching", action="store_true",
                         help="also measure batch-1 throughput with batching on and off")
     parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke run")
+    parser.add_argument("--certified-only", action="store_true",
+                        help="only measure robustness with certified_radius against serving_default in-process, "
+                             "and write it under 'certified_radius' in --out, keeping the rest")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -464,6 +508,14 @@ def main(argv: list[str] | None = None) -> int:
 
     model, model_desc = build_model(args)
     shape = infer_input_shape(model)
+    if args.certified_only:
+        out = Path(args.out)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        report["certified_radius"] = {"model": model_desc, **certified_latency(model, shape, args, command)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="tfrobust-serving-bench-"))
     base = work / "bench"
     version_dir = export_saved_model(model, base, norm=args.norm)
