@@ -69,3 +69,19 @@ def test_cli_evaluate_certify(digits_model, tmp_path, capsys):  # noqa: F811
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--model", str(digits_model), "--dataset", "digits", "--certify", "crown"])
     assert exit_info.value.code == 2 and "'crown'" in capsys.readouterr().err
+
+
+def test_certified_curve_is_the_verified_accuracy_at_every_eps(tmp_path):
+    model, x, y = trained_linear(120)
+    res = evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.02,0.05", steps=20, certify="ibp",
+                                    curve="certified-ibp", sanity=False, progress=False)
+    curve = res["curve"]
+    assert curve["attack"] == "certified-ibp" and not curve["disagreements"]
+    for key in ("0.02", "0.05"):  # the radius is within 1/512 below the provable one: same verdicts here
+        assert abs(curve["at_eps"][key] - res["verified"][key]) <= 2 / len(x)
+    assert all(a >= b for a, b in zip(curve["accuracy"], curve["accuracy"][1:]))
+    evaluation.plot_curve(curve, tmp_path / "c.png", worst_case=res["worst_case"], eps_values={"0.02": 0.02})
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="norm='l2'"):
+        evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.1", norm="l2", curve="certified-ibp",
+                                  progress=False)

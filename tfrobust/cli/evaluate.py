@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fmn-steps", type=int, default=100, help="iterations of fmn (default 100)")
     parser.add_argument("--curve", default=None, metavar="ATTACK",
                         help="also run this minimal-norm attack once (fab, fab-t, fmn, fmn+fab or fmn+fab-t): the "
-                             "distance per example and the accuracy at every eps, in the JSON under 'curve'")
+                             "distance per example and the accuracy at every eps, in the JSON under 'curve'; "
+                             "or certified-ibp / certified-crown-ibp: each example's certified radius, so the "
+                             "certified accuracy at every eps")
     parser.add_argument("--curve-png", default=None, help="write the accuracy-vs-eps curve here (needs --curve)")
     parser.add_argument("--certify", default=None, choices=BOUND_METHODS,
                         help="also prove robustness by bound propagation (L∞): verified accuracy per eps beside "
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust evaluate``."""
     from tfrobust import data  # pylint: disable=import-outside-toplevel
-    from tfrobust.evaluation import (CURVE_ATTACKS, EVAL_ATTACKS, evaluate_model,  # pylint: disable=import-outside-toplevel
+    from tfrobust.evaluation import (CERTIFIED_CURVES, CURVE_ATTACKS, EVAL_ATTACKS, evaluate_model,  # pylint: disable=import-outside-toplevel
                                      format_table, parse_eps_list, plot_curve)
     from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
 
@@ -75,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
     if args.norm != "linf" and any(a in ("square", "autoattack", "autoattack-lite") for a in attack_names):
         raise ValueError(f"--norm={args.norm}: square (also in autoattack and autoattack-lite) supports only linf")
-    if args.curve is not None and args.curve not in CURVE_ATTACKS:
-        raise ValueError(f"--curve={args.curve!r} is unknown; choose one of {','.join(CURVE_ATTACKS)}")
+    if args.curve is not None and args.curve not in CURVE_ATTACKS + CERTIFIED_CURVES:
+        raise ValueError(f"--curve={args.curve!r} is unknown; choose one of "
+                         f"{','.join(CURVE_ATTACKS + CERTIFIED_CURVES)}")
     if args.curve_png and args.curve is None:
         raise ValueError("--curve-png needs --curve ATTACK")
     eps_list = parse_eps_list(args.eps)

@@ -25,7 +25,7 @@ The result is the evaluation JSON of docs/architecture.md
 
 from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade
-from tfrobust.evaluation.curve import CURVE_ATTACKS, accuracy_at, minimal_distances, plot_curve
+from tfrobust.evaluation.curve import CERTIFIED_CURVES, CURVE_ATTACKS, accuracy_at, minimal_distances, plot_curve
 from tfrobust.evaluation.report import evaluate_model, format_table, load_model, parse_eps_list
 from tfrobust.evaluation.sanity import sanity_checks, seed_tolerance
 
@@ -44,6 +44,7 @@ __all__ = [
     "EVAL_ATTACKS",
     "format_table",
     "CURVE_ATTACKS",
+    "CERTIFIED_CURVES",
     "accuracy_at",
     "minimal_distances",
     "plot_curve",

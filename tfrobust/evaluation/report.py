@@ -21,8 +21,8 @@ from tfrobust.utils import as_arrays, check_choice, check_range
 from tfrobust.attacks import Budget, eval_attack
 from tfrobust.evaluation.cascade import (attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
-from tfrobust.evaluation.certified import soundness_check, verified_examples
-from tfrobust.evaluation.curve import check_curve_attack, curve_report, minimal_distances
+from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
+from tfrobust.evaluation.curve import CERTIFIED_CURVES, check_curve_attack, curve_report, minimal_distances
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
 __all__ = [
@@ -117,7 +117,8 @@ def evaluate_model(
         fab_targets: target classes of FAB-T (standard: 9); capped at classes - 1.
         fmn_steps: iterations of FMN.
         curve: also run this minimal-norm attack (``fab``, ``fab-t``, ``fmn``, or
-            ``fmn+fab`` / ``fmn+fab-t``, the per-example minimum of the two) once and add
+            ``fmn+fab`` / ``fmn+fab-t``, the per-example minimum of the two; or the certified
+            radii of ``certified-ibp`` / ``certified-crown-ibp``, L∞) once and add
             ``result["curve"]``: the distance found per example, accuracy at
             every eps at once, and where the curve lies above a bounded
             attack's worst case (see :mod:`tfrobust.evaluation.curve`).
@@ -135,6 +136,8 @@ def evaluate_model(
                     fab_targets=fab_targets, fmn_steps=fmn_steps)
     if curve is not None:
         check_curve_attack(curve)
+        if curve in CERTIFIED_CURVES and norm != "linf":
+            raise ValueError(f"norm={norm!r}: curve={curve!r} proves L∞ balls only")
     if certify is not None:
         check_choice("certify", certify, BOUND_METHODS)
         if norm != "linf":
@@ -215,8 +218,12 @@ def evaluate_model(
             result["sanity"]["passed"] = all(c["passed"] for c in result["sanity"]["checks"])
     bar.close()
     if curve is not None:
-        distances = minimal_distances(clf, x, y, curve, budget, batch_size=batch_size, clip=clip,
-                                      progress=progress)
+        if curve in CERTIFIED_CURVES:
+            distances = certified_radii(clf, x, y, method=curve.removeprefix("certified-"), clip=clip,
+                                        max_eps=float(clip[1] - clip[0]), batch_size=batch_size)
+        else:
+            distances = minimal_distances(clf, x, y, curve, budget, batch_size=batch_size, clip=clip,
+                                          progress=progress)
         result["curve"] = curve_report(distances, curve, result["worst_case"], dict(eps_list), clip=clip)
     result["seconds"] = round(time.time() - start, 2)
     return result
