@@ -93,13 +93,14 @@ def serve_and_score(model_path: Path, base: Path, x, y) -> dict:
     """Exports a model for TF Serving, serves it locally and scores ``x`` over REST.
 
     Returns the SavedModel path, the server URL used and the client's scores
-    (margin, gradient norm and effective margin beside each prediction).
+    (margin, gradient norm, effective margin and the CROWN-IBP certified radius beside each prediction).
     """
     from tfrobust.serving.client import RestClient, format_scores
-    from tfrobust.serving.export import export_saved_model
+    from tfrobust.serving.export import certify_settings, export_saved_model
     from tfrobust.serving.server import ServerConfig, start_server
 
-    version_dir = export_saved_model(models.load_model(model_path), base, norm="linf")
+    version_dir = export_saved_model(models.load_model(model_path), base, norm="linf",
+                                     certify=certify_settings("crown-ibp"))
     with start_server(ServerConfig({"tfrobust": str(base)}, port=0)) as server:
         scores = RestClient(server.url, "tfrobust").robustness(x)
         url = server.url
@@ -108,7 +109,7 @@ def serve_and_score(model_path: Path, base: Path, x, y) -> dict:
           f"local TF-Serving-compatible server at {url}", file=sys.stderr)
     return {"saved_model": str(version_dir), "signature": "robustness", "table": table,
             "scores": {k: [float(v) for v in scores[k]] for k in
-                       ("predicted_class", "margin", "grad_norm", "effective_margin")}}
+                       ("predicted_class", "margin", "grad_norm", "effective_margin", "certified_radius")}}
 
 
 def format_comparison(report: dict) -> str:
