@@ -33,7 +33,8 @@ from tfrobust.objectives.base import (AdversarialTraining, CrossEntropy, FastAdv
 from tfrobust.objectives.context import CLEAN, StepContext
 from tfrobust.objectives.penalties import (GRADIENT_METHODS, PENALTY_NORMS, DecisionCurvature, DecisionJacobian,
                                            EffectiveMargin, InputGradient, finite_difference_direction,
-                                           finite_difference_penalty, linearity_gap, penalty_norm,
+                                           finite_difference_penalty, linearity_gap,
+                                           min_finite_difference_step, penalty_norm,
                                            resolve_penalty_norm)
 from tfrobust.objectives.trades import Mart, Trades, mart_loss
 
@@ -56,6 +57,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "finite_difference_direction",
     "finite_difference_penalty",
+    "min_finite_difference_step",
     "EffectiveMargin",
     "kl_divergence",
     "gaussian_noise",
