@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfrobust import attacks, losses, models
 from tfrobust import objectives as O
 from tfrobust.attacks import AttackConfig
-from tfrobust.callbacks import RobustnessMonitor
+from tfrobust.callbacks import CLEAN_ACCURACY_KEY, RobustnessMonitor, robust_accuracy_key
 
 
 def data(n, seed=0):
@@ -132,3 +132,85 @@ def test_monitor_logs_a_decision_surface_image(tmp_path):
     assert float(tf.math.reduce_std(tf.cast(pixels, tf.float32))) > 5  # a picture, not a blank
     with pytest.raises(ValueError, match="surface_eps=0"):
         RobustnessMonitor(x_val, y_val, {}, log_dir=str(tmp_path), surface_eps=0)
+
+
+class WeightsEachEpoch(keras.callbacks.Callback):
+    """Records the classifier's weights at every epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.classifier.get_weights()])
+
+
+def balanced(n, seed=0):
+    """Like data() but with labels of a centred linear map, so that no class dominates."""
+    x = np.random.default_rng(seed).uniform(size=(n, 6, 6, 1)).astype("float32")
+    w = np.random.default_rng(42).normal(size=(36, 3)).astype("float32")
+    return x, ((x.reshape(n, -1) - 0.5) @ w).argmax(-1)
+
+
+def _wobbly_fit(tmp_path, callbacks, epochs=6, every_n_epochs=1):
+    """A linear model with a too-large SGD rate: its FGSM accuracy goes up and down
+    (0.375, 0.325, 0.3, 0.425, 0.375, 0.375 over 6 epochs)."""
+    x, y = balanced(96)
+    x_val, y_val = balanced(40, seed=1)
+    keras.utils.set_random_seed(0)
+    model = models.RobustModel(models.linear_classifier((6, 6, 1), 3))
+    model.compile(optimizer=keras.optimizers.SGD(3.0))
+    monitor = RobustnessMonitor(x_val, y_val, {"fgsm": AttackConfig(name="fgsm", eps=0.02)},
+                                log_dir=str(tmp_path / "tb"), every_n_epochs=every_n_epochs)
+    hist = model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0,
+                     callbacks=[monitor, *callbacks]).history
+    return model, monitor, hist
+
+
+def test_monitor_values_are_in_the_logs_and_keep_the_best_robust_epoch(tmp_path):
+    key = robust_accuracy_key("fgsm")
+    assert key == "val_robust_accuracy_fgsm" and CLEAN_ACCURACY_KEY == "val_clean_accuracy"
+    record = WeightsEachEpoch()
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor=key, mode="max",
+                                           save_best_only=True)
+    model, monitor, hist = _wobbly_fit(tmp_path, [best, record])
+    # History has what the monitor measured, one value per epoch, under the documented names.
+    assert hist[key] == [h["robust_accuracy"]["fgsm"] for h in monitor.history]
+    assert hist[CLEAN_ACCURACY_KEY] == [h["clean_accuracy"] for h in monitor.history]
+    assert len(hist[key]) == 6 and len(set(hist[key])) > 2
+    # The checkpoint holds the weights of the first epoch with the largest robust accuracy,
+    # and that is not the last epoch (so the test tells "best" from "last").
+    best_epoch = int(np.argmax(hist[key]))
+    assert best_epoch < 5 and max(hist[key][best_epoch + 1:]) < hist[key][best_epoch]
+    saved = keras.models.load_model(tmp_path / "best.keras")
+    for a, b in zip(saved.classifier.get_weights(), record.weights[best_epoch]):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(record.weights[best_epoch], record.weights[-1]))
+    # What the monitor logged is the accuracy of those weights.
+    clf = saved.classifier
+    x_val, y_val = balanced(40, seed=1)
+    x_adv = attacks.fgsm(clf, x_val, y_val, eps=0.02)
+    assert np.mean(clf(x_adv).numpy().argmax(-1) == y_val) == pytest.approx(hist[key][best_epoch], abs=1e-7)
+
+
+def test_early_stopping_on_robust_accuracy_stops(tmp_path):
+    key = robust_accuracy_key("fgsm")
+    _, _, full = _wobbly_fit(tmp_path / "full", [])
+    stop = keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=1)
+    _, _, hist = _wobbly_fit(tmp_path / "stopped", [stop])
+    first_worse = next(e for e in range(1, 6) if full[key][e] <= max(full[key][:e]))
+    assert len(hist[key]) == first_worse + 1 < 6
+    assert hist[key] == full[key][:first_worse + 1]
+
+
+def test_unmeasured_epochs_carry_the_last_value(tmp_path):
+    """every_n_epochs=2: NaN at epoch 0, measured at 1 and 3, epoch 2 carries epoch 1's value;
+    a checkpoint on the key saves only on measured epochs."""
+    key = robust_accuracy_key("fgsm")
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor=key, mode="max",
+                                           save_best_only=True)
+    _, monitor, hist = _wobbly_fit(tmp_path, [best], epochs=4, every_n_epochs=2)
+    measured = [h["robust_accuracy"]["fgsm"] for h in monitor.history]
+    assert [h["epoch"] for h in monitor.history] == [1, 3]
+    assert np.isnan(hist[key][0]) and hist[key][1:] == [measured[0], measured[0], measured[1]]
+    assert (tmp_path / "best.keras").exists()

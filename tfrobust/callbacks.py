@@ -1,8 +1,11 @@
-"""Keras callbacks: robustness monitoring in TensorBoard.
+"""Keras callbacks: robustness monitoring in TensorBoard and in the epoch logs.
 
 :class:`RobustnessMonitor` evaluates a fixed validation subset every few
-epochs with one compiled ``tf.function`` per batch (attacks included) and
-writes ``tf.summary`` scalars and histograms that TensorBoard reads.
+epochs with one compiled ``tf.function`` per batch (attacks included),
+writes ``tf.summary`` scalars and histograms that TensorBoard reads, and puts
+its accuracies into the epoch's logs (:data:`CLEAN_ACCURACY_KEY`,
+:func:`robust_accuracy_key`), where ``History``, ``ModelCheckpoint`` and
+``EarlyStopping`` listed after it see them.
 
 Example::
 
@@ -10,7 +13,9 @@ Example::
                                 {"fgsm_0.1": AttackConfig("fgsm", eps=0.1),
                                  "pgd_0.1": AttackConfig("pgd", eps=0.1, steps=10)},
                                 log_dir="runs/mnist/tensorboard/robustness")
-    model.fit(x, y, epochs=10, callbacks=[monitor])
+    best = keras.callbacks.ModelCheckpoint("best.keras", monitor=robust_accuracy_key("pgd_0.1"),
+                                           mode="max", save_best_only=True)
+    model.fit(x, y, epochs=10, callbacks=[monitor, best])  # the monitor first
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import tensorflow as tf
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig
 
-__all__ = ["RobustnessMonitor"]
+__all__ = ["RobustnessMonitor", "CLEAN_ACCURACY_KEY", "robust_accuracy_key", "log_values"]
+
+CLEAN_ACCURACY_KEY = "val_clean_accuracy"
+"""The epoch-log key of the monitor's clean accuracy (on its subset, inference mode)."""
+
+
+def robust_accuracy_key(attack: str) -> str:
+    """The epoch-log key of :class:`RobustnessMonitor`'s accuracy under ``attack`` (its name in
+    ``attacks``): ``val_robust_accuracy_<attack>``, e.g. ``val_robust_accuracy_pgd_0.3``."""
+    return f"val_robust_accuracy_{attack}"
 
 
 def _as_attack(name: str, attack):
@@ -37,6 +51,13 @@ def _as_attack(name: str, attack):
     if not callable(attack):
         raise ValueError(f"attack {name!r}={attack!r} must be an AttackConfig or a dict of its fields")
     return attack
+
+
+def log_values(result: dict) -> dict[str, float]:
+    """The epoch-log entries of one evaluation (from :meth:`RobustnessMonitor.evaluate`)."""
+    values = {CLEAN_ACCURACY_KEY: float(result["clean_accuracy"])}
+    values.update({robust_accuracy_key(name): float(value) for name, value in result["robust_accuracy"].items()})
+    return values
 
 
 class RobustnessMonitor(keras.callbacks.Callback):
@@ -58,6 +79,19 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     The classifier runs in inference mode. Results are also kept in
     :attr:`history` (one dict per evaluation).
+
+    **Epoch logs.** At every epoch end it also writes into the epoch's ``logs``
+    ``val_clean_accuracy`` and ``val_robust_accuracy_<name>`` for each attack
+    (:data:`CLEAN_ACCURACY_KEY`, :func:`robust_accuracy_key`), so that Keras'
+    ``History``, ``ModelCheckpoint(monitor=..., save_best_only=True,
+    mode="max")`` and ``EarlyStopping`` can select on them. Keras calls callbacks
+    in list order: put the monitor before them (``fit`` puts ``History`` last). On
+    the epochs it does not evaluate, the keys hold the last measured values
+    (carried forward, so every epoch has them and ``History``'s lists stay one
+    value per epoch; a carried value never improves on itself, so
+    ``ModelCheckpoint`` does not save on it, while ``EarlyStopping``'s patience
+    counts those epochs), and NaN before the first evaluation (never "best").
+    With ``every_n_epochs=1`` every value is measured.
 
     Args:
         x_val: validation inputs (the fixed subset; or see ``n``).
@@ -114,6 +148,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.clip = clip
         self.history: list[dict] = []
+        self._last: dict[str, float] = {}
         self._writer = None
         self._fn = None
         self._fn_owner = None
@@ -178,11 +213,21 @@ class RobustnessMonitor(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         return self._writer
 
+    def on_train_begin(self, logs=None):
+        self._last = {}
+
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_n_epochs:
-            return
-        result = self.evaluate()
-        self.write(result, epoch, logs)
+        if not (epoch + 1) % self.every_n_epochs:
+            result = self.evaluate()
+            self.write(result, epoch, logs)
+            self._last = log_values(result)
+        if logs is not None:
+            logs.update(self._last or {key: float("nan") for key in self.log_keys})
+
+    @property
+    def log_keys(self) -> list[str]:
+        """The keys this monitor adds to the epoch logs, clean accuracy first."""
+        return [CLEAN_ACCURACY_KEY] + [robust_accuracy_key(name) for name in self.attacks]
 
     def write(self, result: dict, step: int, logs: dict | None = None) -> None:
         """Writes one evaluation (from :meth:`evaluate`) and the epoch's term logs at ``step``."""

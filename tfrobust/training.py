@@ -12,7 +12,9 @@ terms) and the optimiser settings::
     train: {epochs: 10, batch_size: 128, optimizer: adam, learning_rate: 0.001}
 
 ``tfrobust train`` writes ``model.keras``, ``history.json``, ``tensorboard/``
-and ``checkpoints/``. Checkpoints are full ``.keras`` files written to a
+and ``checkpoints/``; with ``keep_best: val_robust_accuracy_<attack>`` (a key
+the recipe's ``monitor:`` puts in the epoch logs) also ``best.keras``, the
+model of the epoch with the highest value so far, written atomically. Checkpoints are full ``.keras`` files written to a
 temporary name and renamed at every epoch end, so a killed run loses at most
 the current epoch and never leaves a corrupt checkpoint; rerunning the same
 command resumes from the last one.
@@ -39,7 +41,7 @@ from tfrobust.names import STRATEGIES
 from tfrobust.utils import atomic_write_text
 from tfrobust import objectives as objectives_module
 from tfrobust.attacks import AttackConfig
-from tfrobust.callbacks import RobustnessMonitor
+from tfrobust.callbacks import CLEAN_ACCURACY_KEY, RobustnessMonitor, robust_accuracy_key
 
 __all__ = [
     "load_config",
@@ -50,6 +52,8 @@ __all__ = [
     "config_dirs",
     "atomic_write_text",
     "CheckpointAndHistory",
+    "AtomicBestCheckpoint",
+    "keep_best_keys",
     "epoch_batches",
     "train_seconds",
 ]
@@ -148,7 +152,23 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
                 AttackConfig(**attack)
             except TypeError as err:
                 raise ValueError(f"config {where!r}: monitor attack {name!r}: {err}") from None
+    keep_best = config.get("keep_best")
+    if keep_best is not None and not config["train"]["validation_n"]:
+        raise ValueError(f"config {where!r}: keep_best={keep_best!r} needs validation data; "
+                         f"validation_n={config['train']['validation_n']!r}")
+    if keep_best is not None and keep_best not in keep_best_keys(config):
+        raise ValueError(f"config {where!r}: keep_best={keep_best!r} is not a key the monitor logs; "
+                         f"choose one of {keep_best_keys(config)} (add a monitor: block with the attack)")
     return config
+
+
+def keep_best_keys(config: dict) -> list[str]:
+    """The values ``keep_best`` may select on: the epoch-log keys of the recipe's monitor
+    (``val_clean_accuracy``, ``val_robust_accuracy_<attack>``); none without a ``monitor:``."""
+    monitor = config.get("monitor")
+    if not isinstance(monitor, dict) or not isinstance(monitor.get("attacks"), dict):
+        return []
+    return [CLEAN_ACCURACY_KEY] + [robust_accuracy_key(name) for name in monitor["attacks"]]
 
 
 def _snake(name: str) -> str:
@@ -223,12 +243,39 @@ def _optimizer(settings: dict, total_steps: int = 1) -> keras.optimizers.Optimiz
     raise ValueError(f"optimizer {name!r} is unknown; choose 'adam' or 'sgd'")
 
 
+def _temporary_path(path: Path) -> Path:
+    return path.parent / f".{path.stem}.tmp.keras"
+
+
 def _atomic_save_model(model: keras.Model, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp.keras"
+    tmp = _temporary_path(path)
     model.save(tmp)
     os.replace(tmp, path)
+
+
+class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ``ModelCheckpoint(save_best_only=True, mode="max")``, writing ``path`` atomically.
+
+    Keras selects the epochs (a new maximum of ``monitor`` in the epoch logs; NaN and a value
+    equal to the best never are) and writes the model to a temporary name beside ``path``;
+    this renames it over ``path``, as every checkpoint of :func:`train` is written, so a crash
+    never leaves a half-written ``best.keras``. ``initial_value_threshold``: the best value of
+    an earlier run being resumed (only a better epoch replaces its file).
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str, initial_value_threshold: float | None = None):
+        self.final_path = Path(path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(str(_temporary_path(self.final_path)), monitor=monitor, mode="max",
+                         save_best_only=True, initial_value_threshold=initial_value_threshold)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        written = Path(self.filepath)
+        if written.exists():
+            os.replace(written, self.final_path)
 
 
 def is_chief() -> bool:
@@ -388,20 +435,28 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
                              first_epoch=initial_epoch, epochs=int(settings["epochs"]))
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
-    callbacks = [
-        CheckpointAndHistory(out, history, write=chief, epoch_seconds=epoch_seconds),
-        keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    callbacks = []
     monitor = config.get("monitor")
-    if monitor and chief and n_val:
-        # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset.
+    monitoring = bool(monitor and chief and n_val)
+    if monitoring:
+        # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:
+        # Keras calls callbacks in list order, and the ones below read the accuracies it logs.
         callbacks.append(RobustnessMonitor(
             x_val, y_val, {k: AttackConfig(**v) for k, v in monitor["attacks"].items()},
             log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
             every_n_epochs=int(monitor.get("every_n_epochs", 1)),
             batch_size=int(monitor.get("batch_size", 256)), clip=model.clip,
             surface_eps=monitor.get("surface_eps")))
+    callbacks += [
+        CheckpointAndHistory(out, history, write=chief, epoch_seconds=epoch_seconds),
+        keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    keep_best = config.get("keep_best")
+    if keep_best and monitoring:  # only the chief writes, and only the monitor logs the key
+        earlier = [v for v in history.get(keep_best, []) if v == v]  # a resumed run's values, no NaN
+        callbacks.append(AtomicBestCheckpoint(out / "best.keras", keep_best,
+                                              initial_value_threshold=max(earlier) if earlier else None))
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                   steps_per_epoch=steps_per_epoch,

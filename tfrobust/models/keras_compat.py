@@ -13,8 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["TESTED_KERAS", "loss_tracker", "compiled_loss", "symbolic_build_on_local_batch",
-           "logs_with_batch_axis"]
+__all__ = ["TESTED_KERAS", "loss_tracker", "symbolic_build_on_local_batch", "logs_with_batch_axis"]
 
 TESTED_KERAS = ">=3.3,<3.16"
 """The Keras versions these hooks are tested with (keep in step with ``setup.cfg``)."""
@@ -22,6 +21,13 @@ TESTED_KERAS = ">=3.3,<3.16"
 
 def loss_tracker(model: keras.Model) -> keras.metrics.Metric:
     """The ``loss`` metric that ``compile()`` creates (Keras' private ``_loss_tracker``).
+
+    A tracker of our own named ``loss`` (the public route: a metric attribute, listed by
+    ``Model.metrics``) would sit in ``Model.metrics`` next to this one, which ``compile()``
+    always creates; the logs would hold two ``loss`` entries and keep whichever Keras lists
+    last. Hiding Keras' one means overriding ``metrics`` around ``_loss_tracker`` anyway, so
+    the private tracker is updated instead (``fit``'s ``loss`` is then the objective plus the
+    classifier's ``losses``, like a compiled model's).
 
     Raises:
         RuntimeError: if the model was not compiled.
@@ -31,11 +37,6 @@ def loss_tracker(model: keras.Model) -> keras.metrics.Metric:
         raise RuntimeError("compile the RobustModel before fit/evaluate, e.g. "
                            "model.compile(optimizer='adam', metrics=['accuracy'])")
     return tracker
-
-
-def compiled_loss(model: keras.Model):
-    """The loss passed to ``compile(loss=...)``, or ``None`` (Keras' private ``_compile_loss``)."""
-    return getattr(model, "_compile_loss", None)
 
 
 def symbolic_build_on_local_batch(model: keras.Model, iterator) -> bool:

@@ -4,7 +4,9 @@
 trains it on an :class:`~tfrobust.objectives.Objective` inside an ordinary
 ``compile``/``fit``/``evaluate``. Keras integration is only through
 ``train_step`` and ``test_step`` (docs/architecture.md); under ``tf.distribute`` the
-objective is scaled like a compiled loss (docs/architecture.md).
+objective is scaled like a compiled loss (docs/architecture.md). The classifier's own
+``losses`` (layer regularisers, ``add_loss`` terms) are added to the objective, as
+Keras' ``compute_loss`` adds them to a compiled loss.
 
 Example::
 
@@ -90,6 +92,12 @@ class RobustModel(keras.Model):
             coefficients from the start. ``test_step`` always uses the full coefficients.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
+    The loss minimised, and reported as ``loss`` by ``fit`` and ``evaluate``, is the
+    objective plus the classifier's ``losses`` (weight and activity regularisers,
+    ``add_loss`` terms; see :meth:`StepContext.model_losses` for which forward pass they
+    are read after), as for a plain Keras model. The per-term metrics are the objective's
+    terms only, so with regularisers they sum to less than ``loss``.
+
     Raises:
         ValueError: if the classifier ends in a softmax or sigmoid.
     """
@@ -130,7 +138,7 @@ class RobustModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError("RobustModel needs labels: call fit/evaluate with (x, y)")
-        if keras_compat.compiled_loss(self) is not None:
+        if self.loss is not None:  # Keras' public record of compile(loss=...)
             raise ValueError("RobustModel's loss is its objective: call compile() without loss= "
                              "and pass the objective to RobustModel(classifier, objective)")
         scale = penalty_scale = None
@@ -161,6 +169,7 @@ class RobustModel(keras.Model):
         weights = self.trainable_weights
         with tf.GradientTape() as tape:
             total, parts = self.objective(ctx, sample_weight)
+            total = total + ctx.model_losses()  # regularisers and add_loss terms, as Keras adds them
             scaled = scale_loss_for_distribution(total)
             if self.optimizer is not None:
                 scaled = self.optimizer.scale_loss(scaled)
@@ -171,7 +180,7 @@ class RobustModel(keras.Model):
     def test_step(self, data):
         ctx, x, y, sample_weight = self._step(data, training=False)
         total, parts = self.objective(ctx, sample_weight)
-        return self._finish(ctx, total, parts, x, y, sample_weight)
+        return self._finish(ctx, total + ctx.model_losses(), parts, x, y, sample_weight)
 
     # -- serialisation ---------------------------------------------------------
 

@@ -34,7 +34,8 @@ from tfrobust.objectives.certified import CertifiedTraining
 from tfrobust.objectives.context import CLEAN, StepContext
 from tfrobust.objectives.penalties import (GRADIENT_METHODS, PENALTY_NORMS, DecisionCurvature, DecisionJacobian,
                                            EffectiveMargin, InputGradient, finite_difference_direction,
-                                           finite_difference_penalty, linearity_gap, penalty_norm,
+                                           finite_difference_penalty, linearity_gap,
+                                           min_finite_difference_step, penalty_norm,
                                            resolve_penalty_norm)
 from tfrobust.objectives.trades import Mart, Trades, mart_loss
 
@@ -57,6 +58,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "finite_difference_direction",
     "finite_difference_penalty",
+    "min_finite_difference_step",
     "EffectiveMargin",
     "kl_divergence",
     "gaussian_noise",

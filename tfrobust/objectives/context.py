@@ -55,6 +55,7 @@ class StepContext:
         self._points: dict = {CLEAN: self.x}
         self._forward: dict = {}
         self._gradients: dict = {}
+        self._model_losses: dict = {}
 
     @staticmethod
     def key(point: str | AttackConfig):
@@ -99,7 +100,32 @@ class StepContext:
                 tape.watch(xp)
                 logits = self.forward(xp, training)
             self._forward[key] = (logits, tape)
+            # Keras keeps the add_loss terms of the model's last call only: read them now.
+            self._model_losses[key] = list(getattr(self.model, "losses", None) or [])
         return self._forward[key][0]
+
+    def model_losses(self) -> tf.Tensor:
+        """The sum of the model's ``losses`` as a float32 scalar (0 if it has none).
+
+        Keras' ``model.losses``: the ``add_loss`` terms and activity regularisers of a forward
+        pass, and every weight regulariser. They are read after the clean forward pass with the
+        step's flag if a term made one, else after the first forward pass a term made (the
+        adversarial one for adversarial training with ``mix=1``), so that they never cost a
+        forward pass of their own; weight regularisers are the same in every pass. Each loss is
+        summed and cast to float32 (a ``mixed_float16`` layer adds float16 ones), as Keras'
+        ``compute_loss`` does. Differentiable with respect to the weights when the forward pass
+        ran inside the weight tape.
+        """
+        key = self._forward_key(CLEAN, None)
+        if key not in self._model_losses:
+            if self._model_losses:
+                key = next(iter(self._model_losses))
+            else:
+                self.logits(CLEAN)
+        losses = self._model_losses[key]
+        if not losses:
+            return tf.zeros((), tf.float32)
+        return tf.add_n([tf.cast(tf.reduce_sum(loss), tf.float32) for loss in losses])
 
     def forward(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """The model's logits at ``x`` in at least float32 (``training=None``: the step's flag).

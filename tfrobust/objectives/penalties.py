@@ -26,6 +26,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "finite_difference_direction",
     "finite_difference_penalty",
+    "min_finite_difference_step",
     "EffectiveMargin",
 ]
 
@@ -89,7 +90,9 @@ class DecisionJacobian(Term):
     difference quotient of Finlay & Oberman (2019) along the stop-gradient
     steepest direction, with step ``h`` in input units (see
     :func:`finite_difference_penalty`): two forward/backward passes instead
-    of double backprop.
+    of double backprop. Its rounding error is about ``u |f| / h`` (``u`` the
+    compute dtype's unit roundoff), so under ``mixed_float16`` take ``h`` of
+    0.1 rather than the float32 default of 0.01, which raises there.
 
     Args:
         c: coefficient, per example.
@@ -97,7 +100,9 @@ class DecisionJacobian(Term):
         threat: the threat norm the penalty defends, ``"linf"`` or ``"l2"``.
         at: ``"clean"``, an attack config or a dict of one.
         method: ``"double_backprop"`` or ``"finite_difference"``.
-        h: finite-difference step, in input units.
+        h: finite-difference step, in input units; under a half-precision policy at least
+            :func:`min_finite_difference_step` (0.044 for ``mixed_float16``; see
+            :func:`finite_difference_penalty` for the rounding it trades against).
     """
 
     name = "jacobian_penalty"
@@ -252,6 +257,36 @@ def finite_difference_direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
     raise ValueError(f"penalty norm={norm!r} is not supported; choose one of {PENALTY_NORMS}")
 
 
+_UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+"""Unit roundoff of the half-precision compute dtypes (float32's is 2^-24)."""
+
+
+def min_finite_difference_step(dtype) -> float:
+    """The smallest finite-difference step ``h`` for a model computing in ``dtype``.
+
+    A forward difference of ``f`` computed with unit roundoff ``u`` has rounding error
+    about ``u |f| / h`` and truncation error about ``h |f''| / 2``; they balance at
+    ``h = 2 sqrt(u |f| / |f''|)``, i.e. ``2 sqrt(u)`` for inputs in [0, 1] and ``f`` of
+    order one. For the half-precision compute dtypes that is ``2 sqrt(2^-11) ≈ 0.044``
+    (float16) and ``2 sqrt(2^-8) = 0.125`` (bfloat16); below it the quotient is mostly
+    rounding (for float16 and ``h = 0.01``, the step itself is only about 20 float16
+    spacings of an input near 1). Other dtypes: 0, no floor (float32's ``2 sqrt(2^-24) ≈
+    5e-4`` is below every step used outside exactness tests on linear models).
+    """
+    u = _UNIT_ROUNDOFF.get(keras.backend.standardize_dtype(dtype))
+    return 0.0 if u is None else 2.0 * u ** 0.5
+
+
+def _check_step_for_model(model, h: float) -> None:
+    dtype = keras.backend.standardize_dtype(getattr(model, "compute_dtype", None) or "float32")
+    floor = min_finite_difference_step(dtype)
+    if h < floor:
+        raise ValueError(f"h={h!r} is too small for the model's {dtype} compute dtype: a forward "
+                         f"difference in {dtype} has a rounding error of about u*|f|/h "
+                         f"(u = {_UNIT_ROUNDOFF[dtype]:.3g}); use h >= {floor:.3g} (2*sqrt(u)), "
+                         f"or method='double_backprop'")
+
+
 def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
                               norm: str, h: float, training: bool | None = None) -> tf.Tensor:
     """Per-example ``R(∇_x f)`` by a forward difference (Finlay & Oberman 2019).
@@ -269,6 +304,20 @@ def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, 
     penalty and weight gradient are exact, and for a smooth model the error
     is ``O(h)``.
 
+    **Mixed precision.** Under a ``mixed_float16`` (or bfloat16) policy the two
+    forward passes run in the model's compute dtype: Keras fixes a layer's
+    compute dtype when it is created, so they cannot be run in float32 without a
+    float32 copy of the model. The difference and the quotient are taken in
+    float32 (from the float32-cast logits of :meth:`StepContext.forward`), so
+    no precision is lost after the model; what remains is each pass's rounding,
+    about ``u |f|`` for the value and ``u |∇_w f|`` for the weight gradient
+    (``u`` the unit roundoff), divided by ``h``: with float16's ``u = 2^-11`` and
+    ``h = 0.1``, the penalty's weight gradient is off by about ``2u/h ≈ 1%`` of
+    ``|∇_w f|``, an error double backprop does not amplify. Take ``h`` as large
+    as the smoothness of the model allows; a step below
+    :func:`min_finite_difference_step` (0.044 for float16, 0.125 for bfloat16)
+    would be mostly rounding and raises.
+
     Args:
         ctx: the step context (``point`` prepared).
         point: ``"clean"`` or a prepared attack config.
@@ -276,7 +325,12 @@ def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, 
         norm: one of :data:`PENALTY_NORMS`.
         h: step in input units (not clipped to the valid input range).
         training: the forward passes' ``training`` flag (``None``: the step's).
+
+    Raises:
+        ValueError: if ``h`` is below :func:`min_finite_difference_step` for the
+            model's compute dtype.
     """
+    _check_step_for_model(ctx.model, h)
     logits = ctx.logits(point, training)
     grad = ctx.input_gradient(point, fn, training)
     direction = finite_difference_direction(grad, norm)
@@ -333,7 +387,9 @@ class EffectiveMargin(Term):
             (shares the forward pass with the loss).
         norm: ``R``, one of :data:`PENALTY_NORMS` (the paper: ``"l2_squared"``).
         method: ``"double_backprop"`` or ``"finite_difference"``.
-        h: finite-difference step, in input units.
+        h: finite-difference step, in input units; under a half-precision policy at least
+            :func:`min_finite_difference_step` (0.044 for ``mixed_float16``; see
+            :func:`finite_difference_penalty` for the rounding it trades against).
     """
 
     name = "emr_penalty"
