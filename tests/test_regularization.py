@@ -33,20 +33,27 @@ class Scaled(keras.layers.Layer):
         return {**super().get_config(), "coef": self.coef}
 
 
-def regularised_cnn(l2=L2, added=ADDED, activity=None, seed=0):
+def regularised_cnn(l2=L2, added=ADDED, activity=None, seed=0, bounded=False):
     """tiny_cnn of test_models with an L2 kernel regulariser, a Scaled layer and optionally an
-    activity regulariser; l2=added=0 and activity=None give the same network unregularised."""
+    activity regulariser; l2=added=0 and activity=None give the same network unregularised.
+
+    ``bounded``: instead of Scaled (a custom layer, which bound propagation refuses), an identity
+    Dense whose kernel carries an L2 regulariser of ``added``, for the certified objectives."""
     keras.utils.set_random_seed(seed)
+    last = Scaled(added) if not bounded else keras.layers.Dense(
+        3, use_bias=False, kernel_initializer="identity", name="scaled",
+        kernel_regularizer=keras.regularizers.L2(added) if added else None)
     return keras.Sequential([
         keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3, activation="tanh"), keras.layers.Flatten(),
         keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
                            activity_regularizer=keras.regularizers.L1(activity) if activity else None),
-        Scaled(added)], name="regularised")
+        last], name="regularised")
 
 
 def penalty_at(classifier):
     """The closed form of the weight-only losses: L2 * sum(W²) + ADDED * sum(s²)."""
-    kernel, s = classifier.layers[2].kernel.numpy(), classifier.layers[3].s.numpy()
+    last = classifier.layers[3]
+    kernel, s = classifier.layers[2].kernel.numpy(), (last.s if isinstance(last, Scaled) else last.kernel).numpy()
     return L2 * float((kernel.astype(np.float64) ** 2).sum()) + ADDED * float((s.astype(np.float64) ** 2).sum())
 
 
@@ -59,7 +66,8 @@ def no_random_start(monkeypatch):
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_reported_loss_is_the_objective_plus_the_regularisers(name, no_random_start):
     x, y = data(8)
-    reg_clf, plain_clf = regularised_cnn(), regularised_cnn(l2=0.0, added=0.0)
+    bounded = isinstance(OBJECTIVES[name](), O.CertifiedTraining)
+    reg_clf, plain_clf = regularised_cnn(bounded=bounded), regularised_cnn(l2=0.0, added=0.0, bounded=bounded)
     plain_clf.set_weights(reg_clf.get_weights())
     expected = penalty_at(reg_clf)
     assert expected > 0.1  # large enough to see next to the objective
