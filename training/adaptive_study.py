@@ -5,11 +5,14 @@ For each model (``NAME=PATH`` of a ``.keras`` file) and ``--n`` test images, thr
 
 * ``margin``: PGD on the uncapped margin loss ``max_{j≠y} z_j − z_y`` (the wrong class's lead
   keeps growing after the label flips, so ``margin`` is high);
-* ``flat``: the same plus ``−log ‖∇x margin‖₁``, which also flattens the served gradient (so
-  ``effective_margin = margin / grad_norm`` is high);
-* ``certified``: the same plus the IBP lower bound of the wrong class's margins at a radius of
-  ``--bound-eps`` around the adversarial point (so the bound proves the wrong class there and
-  ``certified_radius`` is high).
+* ``flat``: the same steps, keeping the successful iterate with the highest served
+  ``effective_margin = margin / grad_norm`` (a ReLU net's gradient norm is piecewise constant, so
+  it is flattened by selection, not by its own gradient, which is zero almost everywhere);
+* ``certified``: once the label has flipped, also ascends the IBP lower bound of the wrong class's
+  margins at a radius of ``--bound-eps`` around the point, and keeps the iterate where it is
+  highest (so the bound proves the wrong class there and ``certified_radius`` is high).
+
+Each attack keeps, per example, the successful iterate with the highest score it aims at.
 
 For every served score of the ``robustness`` signature (margin, grad_norm's inverse is not served,
 effective_margin, certified_radius by CROWN-IBP) it reports, over the successful adversarial inputs
@@ -55,37 +58,55 @@ def score_stats(clean, attacked) -> dict:
 
 
 def make_attack(clf, kind: str, eps: float, steps: int, bound_eps: float):
-    """A graph-compiled L∞ PGD on the adaptive objective ``kind`` (see the module docstring)."""
+    """A graph-compiled adaptive L∞ PGD; it returns, per example, the successful iterate with the
+    highest target score (the last iterate where none succeeded).
+
+    The step follows the wrong classes' lead (``kind="certified"`` adds, once the label has
+    flipped, the IBP bound of the wrong class's margins at ``bound_eps`` around the point). The
+    served gradient norm of a ReLU net is piecewise constant, so its own gradient is zero almost
+    everywhere: ``flat`` flattens it by selection, keeping the iterate whose ``effective_margin``
+    is highest, not by a gradient step.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfrobust import bounds, losses  # pylint: disable=import-outside-toplevel
 
     def objective(x, y):
+        """(value to ascend, score to keep the best of, success) per example."""
         with tf.GradientTape() as inner:
             inner.watch(x)
             logits = tf.cast(clf(x, training=False), tf.float32)
             top2 = losses.top2_margin(logits)
-        value = losses.cw_loss(logits, y)  # the wrong class's lead, uncapped
-        if kind in ("flat", "certified"):
+        lead = losses.cw_loss(logits, y)  # max_{j≠y} z_j - z_y, uncapped
+        success = lead > 0
+        value, score = lead, lead
+        if kind == "flat":
             grad = inner.gradient(top2, x)
-            value -= tf.math.log(tf.reduce_sum(tf.abs(grad), axis=[1, 2, 3]) + 1e-12)
-        if kind == "certified":
-            wrong = tf.argmax(logits - 1e9 * tf.one_hot(y, tf.shape(logits)[-1]), axis=-1, output_type=tf.int32)
+            score = top2 / (tf.reduce_sum(tf.abs(grad), axis=list(range(1, len(x.shape)))) + 1e-12)
+        elif kind == "certified":
+            classes = tf.shape(logits)[-1]
+            wrong = tf.argmax(logits - 1e9 * tf.one_hot(y, classes), axis=-1, output_type=tf.int32)
             lb = bounds.margin_lower_bounds(clf, x, wrong, bound_eps, method="ibp")
-            lb = lb + 1e9 * tf.one_hot(wrong, tf.shape(logits)[-1])
-            value += tf.reduce_min(lb, axis=-1)
-        return value
+            score = tf.reduce_min(lb + 1e9 * tf.one_hot(wrong, classes), axis=-1)
+            value = lead + tf.where(success, score, tf.zeros_like(score))
+        return value, score, success
 
     @tf.function(reduce_retracing=True)
     def run(x, y):
         delta = tf.random.uniform(tf.shape(x), -eps, eps, seed=0)
         x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
-        for _ in range(steps):
+        best, best_score = x_adv, tf.fill(tf.shape(x)[:1], -float("inf"))
+        for _ in range(steps + 1):
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
-                value = tf.reduce_sum(objective(x_adv, y))
-            step = tf.sign(tape.gradient(value, x_adv)) * (eps / 8)
+                value, score, success = objective(x_adv, y)
+                total = tf.reduce_sum(value)
+            better = tf.logical_and(success, score > best_score)
+            best = tf.where(tf.reshape(better, [-1] + [1] * (len(x.shape) - 1)), x_adv, best)
+            best_score = tf.where(better, score, best_score)
+            step = tf.sign(tape.gradient(total, x_adv)) * (eps / 8)
             x_adv = tf.clip_by_value(x + tf.clip_by_value(x_adv + step - x, -eps, eps), 0.0, 1.0)
-        return tf.stop_gradient(x_adv)
+        found = tf.reshape(best_score > -float("inf"), [-1] + [1] * (len(x.shape) - 1))
+        return tf.stop_gradient(tf.where(found, best, x_adv))
     return run
 
 
