@@ -70,6 +70,16 @@ def evaluate_run(name: str, run: Path, args) -> dict:
     }
 
 
+def readme_row(name: str, row: dict) -> str:
+    """The README's table row for one model (tests check that the README quotes the JSON)."""
+    v = row["verified"]
+    hours = f"{row['train_seconds'] / 3600:.2f}" if row.get("train_seconds") else "?"
+    return (f"| `{name}` | {100 * row['clean']:.2f} | " + " / ".join(f"{100 * v[k]:.2f}" for k in sorted(v))
+            + f" | {100 * row['autoattack']['0.3']:.1f} ({row['n_autoattack']}) | "
+            f"{100 * row['verified_on_autoattack_points']['0.3']:.1f} | "
+            f"{100 * row['validation']['verified']['0.3']:.2f} | {hours} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
