@@ -153,6 +153,31 @@ def study_model(path: Path, args) -> dict:
     return out
 
 
+def worst_case(result: dict, score: str) -> tuple[float, float] | None:
+    """(AUROC, share above the clean median) of ``score`` under the attacker that lifts it most."""
+    found = [b["scores"][score] for b in result["attacks"].values() if b["scores"][score]["auroc"] is not None]
+    if not found:
+        return None
+    worst = max(found, key=lambda v: (v["share_above_clean_median"], -v["auroc"]))
+    return worst["auroc"], worst["share_above_clean_median"]
+
+
+def readme_rows(report: dict) -> str:
+    """The README's table rows, one per model (tests check that the README quotes the JSON)."""
+    rows = []
+    for name, result in report.items():
+        success = max(b["success_rate"] for b in result["attacks"].values())
+        within = sum(b["scores"]["certified_radius"]["successes_within_certified_radius"]
+                     for b in result["attacks"].values())
+        cells = []
+        for score in SCORES:
+            w = worst_case(result, score)
+            cells.append("—" if w is None else f"{w[0]:.2f} / {100 * w[1]:.0f}%")
+        rows.append(f"| `{name}` ({100 * result['clean_accuracy']:.1f}) | {100 * success:.1f}% | "
+                    + " | ".join(cells) + f" | {within} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", metavar="NAME=PATH")
