@@ -69,3 +69,21 @@ def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_readme_quotes_it
     assert f"trained in **{result['train_seconds']:,.0f} s" in README
     assert (f"**{result['clean_accuracy']:.1%} clean and {result['worst_case']['0.3']:.1%} under the standard "
             "AutoAttack at eps 0.3**") in README
+
+
+def test_readme_certified_and_adaptive_tables_are_their_json():
+    from helpers import load_script
+    table = load_script(REPO / "training" / "certified_table.py")
+    adaptive = load_script(REPO / "training" / "adaptive_study.py")
+    rows = json.loads((REPO / "training" / "results" / "certified" / "table.json").read_text())
+    assert rows, "no certified model in the table"
+    for name, row in rows.items():
+        assert row["sanity"]["passed"] and row["n_verified"] == 10000 and row["n_autoattack"] >= 1000
+        assert all(row["verified"][k] <= row["verified_ibp"][k] + row["verified_crown_ibp"][k] for k in row["verified"])
+        assert row["verified_on_autoattack_points"]["0.3"] <= row["autoattack"]["0.3"]  # sound: never above
+        assert table.readme_row(name, row) in README, name
+    report = json.loads((REPO / "training" / "results" / "score_study" / "adaptive.json").read_text())
+    assert adaptive.readme_rows(report) in README
+    for result in report.values():  # the certificate is never beaten inside its radius
+        assert all(b["scores"]["certified_radius"]["successes_within_certified_radius"] == 0
+                   for b in result["attacks"].values())
