@@ -1,6 +1,8 @@
 """The shared input contract and helpers of tfrobust.utils."""
 
 import numpy as np
+import re
+
 import pytest
 import tensorflow as tf
 
@@ -78,3 +80,11 @@ def test_parse_settings_casts_to_the_defaults_types_and_names_bad_keys():
         parse_settings("q=1", defaults)
     with pytest.raises(ValueError, match=r"run epochs='3.5' is not a valid int"):
         parse_settings("epochs=3.5", defaults)
+
+
+def test_parse_named_paths():
+    from tfrobust.utils import parse_named_paths
+    assert parse_named_paths(["a=runs/a", "b=x=y"]) == [("a", "runs/a"), ("b", "x=y")]
+    for bad in ("runs/a", "=runs/a", "a="):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            parse_named_paths([bad])

@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "hardware",
+    "parse_named_paths",
     "set_threads",
     "parse_settings",
     "source_commit",
@@ -167,6 +168,21 @@ def parse_settings(text: str, defaults: Mapping[str, Any], *, text_keys: tuple[s
         except ValueError:
             raise ValueError(f"run {key}={value!r} is not a valid {kind.__name__}") from None
     return settings
+
+
+def parse_named_paths(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``["a=runs/a", ...]`` as ``[("a", "runs/a"), ...]``, the study drivers' positional arguments.
+
+    Raises:
+        ValueError: naming an item without ``=``.
+    """
+    pairs = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{item!r} must be NAME=PATH")
+        pairs.append((name, path))
+    return pairs
 
 
 def hardware() -> str:

@@ -193,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "adaptive.json"
     report = json.loads(path.read_text()) if path.exists() else {}
-    for item in args.models:
-        if "=" not in item:
-            parser.error(f"model {item!r} must be NAME=PATH")
-        name, model_path = item.split("=", 1)
+    from tfrobust.utils import parse_named_paths  # pylint: disable=import-outside-toplevel
+    try:
+        models = parse_named_paths(args.models)
+    except ValueError as err:
+        parser.error(f"model {err}")
+    for name, model_path in models:
         if name in report:
             continue
         start = time.time()

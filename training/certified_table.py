@@ -96,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "table.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    for item in args.runs:
-        if "=" not in item:
-            parser.error(f"run {item!r} must be NAME=RUN_DIR")
-        name, run = item.split("=", 1)
+    from tfrobust.utils import parse_named_paths  # pylint: disable=import-outside-toplevel
+    try:
+        runs = parse_named_paths(args.runs)
+    except ValueError as err:
+        parser.error(f"run {err}")
+    for name, run in runs:
         if name in table:
             print(f"{name}: already in {path}, skipped", file=sys.stderr)
             continue

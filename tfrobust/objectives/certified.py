@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from tfrobust import bounds, losses
-from tfrobust.attacks.base import check_number
-from tfrobust.objectives.base import Term, check_coefficient
+from tfrobust.attacks.base import check_fraction, check_number
+from tfrobust.objectives.base import Term
 from tfrobust.objectives.context import CLEAN, StepContext
 from tfrobust.utils import check_choice
 
@@ -19,13 +19,6 @@ def ramp(start: float, end: float, progress) -> tf.Tensor | float:
     if progress is None:
         return end
     return start + (end - start) * tf.cast(progress, tf.float32)
-
-
-def _check_fraction(name: str, value: float) -> float:
-    value = check_coefficient(name, value)
-    if value > 1:
-        raise ValueError(f"{name}={value!r} must be in [0, 1]")
-    return value
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
@@ -58,10 +51,11 @@ class CertifiedTraining(Term):
         check_number("eps", eps)
         self.eps = float(eps)
         self.method = check_choice("method", method, bounds.BOUND_METHODS)
-        self.kappa = _check_fraction("kappa", kappa)
-        self.kappa_start = _check_fraction("kappa_start", kappa_start)
-        self.beta = _check_fraction("beta", beta)
-        self.beta_start = _check_fraction("beta_start", beta_start)
+        for name, value in (("kappa", kappa), ("kappa_start", kappa_start), ("beta", beta),
+                            ("beta_start", beta_start)):
+            check_fraction(name, value)
+        self.kappa, self.kappa_start = float(kappa), float(kappa_start)
+        self.beta, self.beta_start = float(beta), float(beta_start)
 
     def worst_case_logits(self, ctx: StepContext) -> tf.Tensor:
         """``-m``: the logits of the worst case that the bound allows, per example and class."""

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import bounds, losses, norms
+from tfrobust.attacks.base import check_clip
 from tfrobust.models import load_model as load_keras_model
 from tfrobust.models import unwrap
 
@@ -186,9 +187,8 @@ def certify_settings(method: str, clip: Sequence[float] = (0.0, 1.0), tolerance:
     """
     if method not in bounds.BOUND_METHODS:
         raise ValueError(f"certify method={method!r} is unknown; choose one of {list(bounds.BOUND_METHODS)}")
+    check_clip(tuple(clip))
     lo, hi = (float(c) for c in clip)
-    if not lo < hi:
-        raise ValueError(f"clip={tuple(clip)!r} must have low < high")
     max_eps = float(hi - lo) if max_eps is None else float(max_eps)
     steps = bounds.bisection_steps(max_eps, float(tolerance))
     return {"method": method, "norm": "linf", "clip": [lo, hi], "max_eps": max_eps,
