@@ -1,8 +1,8 @@
 """The shared input contract and helpers of tfrobust.utils."""
 
-import numpy as np
 import re
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
