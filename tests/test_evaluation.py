@@ -184,8 +184,8 @@ def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
     calls = []
     original = cascade.correct_under
 
-    def recording(clf, config, xb, yb, *args):
-        out = original(clf, config, xb, yb, *args)
+    def recording(clf, config, xb, yb, *args, **kwargs):
+        out = original(clf, config, xb, yb, *args, **kwargs)
         calls.append((config.name, config.loss, config.eps, len(xb), out))
         return out
 
@@ -311,8 +311,8 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
     calls = []
     original = cascade.correct_under
 
-    def recording(clf, config, xb, yb, *args):
-        out = original(clf, config, xb, yb, *args)
+    def recording(clf, config, xb, yb, *args, **kwargs):
+        out = original(clf, config, xb, yb, *args, **kwargs)
         calls.append((config.target_rank, len(xb), out))
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrobust import keyed_random
 from tfrobust.names import NORMS
 
 __all__ = [
@@ -114,19 +115,28 @@ def random_start(
     norm: str,
     dtype: tf.DType = tf.float32,
     seed: int | None = None,
+    keys: tf.Tensor | None = None,
+    stream: int = 0,
 ) -> tf.Tensor:
     """A random point in the ``norm`` ball of radius ``eps``, per example.
 
     L∞: uniform in the cube. L2: uniform in the ball (Gaussian direction,
-    radius ``eps * u ** (1 / dim)``).
+    radius ``eps * u ** (1 / dim)``). With ``keys`` (one ``uint32`` per example, see
+    :func:`tfrobust.keyed_random.example_keys`) each example's point depends only on its key
+    and ``stream``, never on its batch; ``seed`` is then unused.
     """
     validate_norm(norm)
     eps = tf.cast(eps, dtype)
+    if keys is not None:
+        uniform = lambda s, n: keyed_random.keyed_uniform(keys, s, n, dtype=dtype)  # noqa: E731
+        normal = lambda s, n: keyed_random.keyed_normal(keys, s, n, dtype=dtype)  # noqa: E731
+    else:
+        uniform = lambda s, n: tf.random.uniform(s, dtype=dtype, seed=seed)  # noqa: E731
+        normal = lambda s, n: tf.random.normal(s, dtype=dtype, seed=seed)  # noqa: E731
     if norm == "linf":
-        return tf.random.uniform(shape, -1.0, 1.0, dtype=dtype, seed=seed) * eps
-    direction = tf.random.normal(shape, dtype=dtype, seed=seed)
-    direction = steepest_step(direction, "l2")
+        return (2.0 * uniform(shape, stream) - 1.0) * eps
+    direction = steepest_step(normal(shape, stream), "l2")
     dim = tf.cast(tf.reduce_prod(shape[1:]), dtype)
-    u = tf.random.uniform(tf.shape(direction)[:1], dtype=dtype, seed=seed)
+    u = uniform(tf.shape(direction)[:1], keyed_random.stream_id(stream, "radius"))
     radius = eps * tf.pow(u, 1.0 / dim)
     return direction * expand_like(radius, direction)

@@ -70,6 +70,7 @@ def apgd(
     training: bool = False,
     seed: int | None = None,
     target_rank: int | None = None,
+    keys: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Auto-PGD (Croce & Hein 2020, Algorithm 1): PGD with momentum and an adaptive step.
 
@@ -104,6 +105,8 @@ def apgd(
             still counting any misclassification as success; ``loss`` and
             ``targeted`` must then be left at their defaults. AutoAttack runs
             ranks 2 to 10 one after the other.
+        keys: one ``uint32`` key per example (:func:`tfrobust.keyed_random.example_keys`):
+            the random start then depends on the example alone, not on its batch.
 
     Returns:
         Adversarial inputs, same shape and dtype as ``x``, without gradient.
@@ -153,7 +156,7 @@ def apgd(
         return f, grad, success
 
     if random_start:
-        x0 = project(x + norms.random_start(tf.shape(x), eps_t, norm, dtype=dtype, seed=seed))
+        x0 = project(x + norms.random_start(tf.shape(x), eps_t, norm, dtype=dtype, seed=seed, keys=keys))
     else:
         x0 = project(x)
     f0, g0, fooled0 = evaluate(x0)

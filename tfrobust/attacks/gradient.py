@@ -40,6 +40,7 @@ def pgd(
     targeted: bool = False,
     training: bool = False,
     seed: int | None = None,
+    keys: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Projected gradient descent (Madry et al. 2018), L∞ or L2.
 
@@ -61,6 +62,8 @@ def pgd(
         targeted: move towards class ``y`` instead of away from it.
         training: the ``training`` flag passed to the model.
         seed: op seed for the random start.
+        keys: one ``uint32`` key per example (:func:`tfrobust.keyed_random.example_keys`):
+            the random start then depends on the example alone, not on its batch.
 
     Returns:
         Adversarial inputs, same shape and dtype as ``x``, without gradient.
@@ -80,7 +83,7 @@ def pgd(
     step_size = tf.cast(step_size, x.dtype)
 
     if random_start:
-        x_adv = x + norms.random_start(tf.shape(x), eps, norm, dtype=x.dtype, seed=seed)
+        x_adv = x + norms.random_start(tf.shape(x), eps, norm, dtype=x.dtype, seed=seed, keys=keys)
         x_adv = clip_to_range(x_adv, clip)
     else:
         x_adv = x

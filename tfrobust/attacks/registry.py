@@ -109,13 +109,16 @@ class AttackConfig:
 
     def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
                  eps_scale: float | tf.Tensor | None = None,
-                 step_scale: float | tf.Tensor | None = None) -> tf.Tensor:
+                 step_scale: float | tf.Tensor | None = None,
+                 keys: tf.Tensor | None = None) -> tf.Tensor:
         """Runs the attack on a batch.
 
         ``eps_scale`` (a scalar, possibly a tensor) multiplies ``eps`` and the
         step size: training uses it to ramp the threat radius up (eps warm-up).
         ``step_scale``, if given, multiplies the step size instead (evaluation
-        passes both as tensors, so one trace serves every eps).
+        passes both as tensors, so one trace serves every eps). ``keys`` (one ``uint32``
+        per example) key the random draws by example (:mod:`tfrobust.keyed_random`), so a
+        sharded evaluation attacks each example as one process would.
         """
         eps, step_size = scale_radius(self.eps, self.resolved_step_size, eps_scale)
         if step_scale is not None:
@@ -127,17 +130,17 @@ class AttackConfig:
             return apgd(model, x, y, eps=eps, steps=self.steps, norm=self.norm, loss=self.loss,
                         clip=clip, targeted=self.targeted, training=training,
                         random_start=self.resolved_random_start,
-                        target_rank=self.target_rank)
+                        target_rank=self.target_rank, keys=keys)
         if self.name == "square":
             return square(model, x, y, eps=eps, queries=self.steps, norm=self.norm, clip=clip,
-                          targeted=self.targeted, training=training)
+                          targeted=self.targeted, training=training, keys=keys)
         if self.name in ("fab", "fmn"):
             x_adv, distance = self.minimal(model, x, y, clip=clip, training=training)
             within = norms.expand_like(distance <= tf.cast(eps, distance.dtype), x_adv)
             return tf.where(within, x_adv, tf.cast(x, x_adv.dtype))
         return pgd(model, x, y, eps=eps, steps=self.steps, step_size=step_size,
                    norm=self.norm, random_start=self.resolved_random_start, clip=clip, loss=self.resolved_loss,
-                   targeted=self.targeted, training=training)
+                   targeted=self.targeted, training=training, keys=keys)
 
     def minimal(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False
                 ) -> tuple[tf.Tensor, tf.Tensor]:

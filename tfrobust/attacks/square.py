@@ -6,7 +6,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfrobust import losses
+from tfrobust import keyed_random, losses
 from tfrobust.attacks.base import (
     check_fraction,
     check_number,
@@ -77,6 +77,7 @@ def square(
     training: bool = False,
     seed: int | tf.Tensor | None = None,
     retries: int = 10,
+    keys: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Square attack, L∞ (Andriushchenko et al. 2020): score-based random search.
 
@@ -108,6 +109,9 @@ def square(
         seed: integer (or integer scalar tensor) seed of the stateless random
             draws; ``None`` draws one from TF's global generator.
         retries: redraws of a proposal that would not change the point.
+        keys: one ``uint32`` key per example (:func:`tfrobust.keyed_random.example_keys`):
+            every draw of an example then depends on its key alone, not on its batch
+            (``seed`` is unused).
 
     Returns:
         Adversarial inputs, same shape and dtype as ``x``, without gradient.
@@ -140,6 +144,8 @@ def square(
         base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
 
     def draw(key, i, j, draw_shape, maxval):
+        if keys is not None:
+            return keyed_random.keyed_integers(keys, draw_shape, keyed_random.combine(key, i, j), maxval)
         s = base
         for data in (key, i, j):
             s = tf.random.experimental.stateless_fold_in(s, tf.cast(data, tf.int64))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 
-from tfrobust.names import BOUND_METHODS, NORMS
+from tfrobust.names import BOUND_METHODS, NORMS, STRATEGIES
 
 __all__ = [
     "add_arguments",
@@ -56,6 +58,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
     parser.add_argument("--json", default=None, help="write the result here")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="none",
+                        help="none (default); mirrored: every batch split over the local GPUs (else the "
+                             "logical CPUs); multiworker: the chunks of examples shared by the workers of "
+                             "TF_CONFIG, as for train (needs --resume); the same JSON at any scale")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="write each finished chunk of examples here (atomically); rerun with the same "
+                             "DIR to continue a stopped evaluation; shared by the workers of --strategy "
+                             "multiworker")
+
+
+def _distribution(name: str, resume: str | None):
+    """``(strategy, cluster)`` for ``--strategy``: a multi-worker evaluation shares its chunks
+    through the resume directory, each worker using its local GPUs (if several) as replicas."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tfrobust.training import build_strategy  # pylint: disable=import-outside-toplevel
+
+    if name == "none":
+        return None, None
+    if name == "mirrored":
+        return build_strategy("mirrored"), None
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
+    if resume is None:
+        raise ValueError("--strategy multiworker needs --resume DIR, a directory every worker shares")
+    local = build_strategy("mirrored") if len(tf.config.list_logical_devices("GPU")) > 1 else None
+    return local, tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
     if args.step_size is not None and not args.step_size > 0:
         raise ValueError(f"--step-size={args.step_size} must be > 0")
-    model = load_model(args.model)
+    strategy, cluster = _distribution(args.strategy, args.resume)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = load_model(args.model)
     x, y = data.load(args.dataset, args.split, args.n)
     if args.n is None:
         x, y = x[:1000], y[:1000]
@@ -106,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
                             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
                             apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
                             fab_targets=args.fab_targets, fmn_steps=args.fmn_steps, curve=args.curve,
-                            certify=args.certify,
+                            certify=args.certify, strategy=strategy, cluster=cluster, resume=args.resume,
                             meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
+    if result is None:
+        print("this worker finished its chunks; the chief merges them and writes the report")
+        return 0
     text = json.dumps(result, indent=1)
     if args.json:
         from tfrobust.utils import atomic_write_text

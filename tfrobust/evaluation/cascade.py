@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrobust import keyed_random
 from tfrobust.attacks import CASCADES, EVAL_ATTACK_REGISTRY, AttackConfig, Budget, eval_attack
 from tfrobust.utils import batches
 
@@ -21,6 +22,7 @@ __all__ = [
     "run_attacks",
     "correct_under",
     "reseed",
+    "Draws",
     "predict_labels",
     "run_cascade",
 ]
@@ -38,8 +40,17 @@ def attacks_where(names, flag: str) -> list[str]:
     return [n for n in names if getattr(eval_attack(n), flag)]
 
 
+_PREDICT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def predict_labels(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    fn = tf.function(lambda t: tf.argmax(model(t, training=False), -1))
+    """The model's predicted class of every example (one trace per model and input shape)."""
+    table = _PREDICT.setdefault(model, {})
+    key = (x.shape[1:], x.dtype.str)
+    if key not in table:
+        table[key] = tf.function(lambda t: tf.argmax(model(t, training=False), -1),
+                                 input_signature=[tf.TensorSpec([None, *x.shape[1:]], x.dtype)])
+    fn = table[key]
     return np.concatenate([fn(tf.constant(x[s])).numpy() for s in batches(len(x), batch_size)])
 
 
@@ -66,8 +77,35 @@ def _unit_radius(config: AttackConfig) -> tuple[AttackConfig, float, float]:
     return dataclasses.replace(config, eps=1.0, step_size=1.0), float(config.eps), float(config.step_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class Draws:
+    """Where an evaluation's random numbers come from: its seed and each example's global index.
+
+    Every random start and every draw of Square's search is keyed by ``(seed, global index,
+    use)`` (:mod:`tfrobust.keyed_random`), never by batch, replica or worker: a sharded
+    evaluation attacks each example exactly as one process does.
+    """
+
+    seed: int
+    index: np.ndarray
+
+    @classmethod
+    def of(cls, seed: int, n: int, start: int = 0) -> "Draws":
+        """The draws of ``n`` consecutive examples from global index ``start``."""
+        return cls(int(seed), np.arange(start, start + n, dtype=np.int64))
+
+    def take(self, idx) -> "Draws":
+        """The draws of a subset (positions ``idx`` into this one)."""
+        return Draws(self.seed, self.index[idx])
+
+    def keys(self, *use) -> np.ndarray:
+        """One ``uint32`` key per example for the use named by ``use`` (attack, eps, target)."""
+        base = keyed_random.example_keys(self.seed, tf.constant(self.index, tf.int64))
+        return keyed_random.combine(base, keyed_random.stream_id(*use)).numpy()
+
+
 def _compiled_check(model, config: AttackConfig, clip, x: np.ndarray, y: np.ndarray):
-    """One traced ``(x, y, eps, step) -> correct`` per model, attack, clip range and input kind.
+    """One traced ``(x, y, eps, step, keys) -> correct`` per model, attack, clip range and input kind.
 
     The batch size is left open and eps and the step are tensors, so every eps, and every
     batch of the survivors a cascade stage attacks, reuses the same trace (no retracing).
@@ -78,9 +116,10 @@ def _compiled_check(model, config: AttackConfig, clip, x: np.ndarray, y: np.ndar
         scalar = tf.TensorSpec([], tf.float32)
 
         @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]], x.dtype),
-                                      tf.TensorSpec([None], y.dtype), scalar, scalar])
-        def step(xb, yb, eps, step_size):
-            x_adv = config(model, xb, yb, clip=clip, eps_scale=eps, step_scale=step_size)
+                                      tf.TensorSpec([None], y.dtype), scalar, scalar,
+                                      tf.TensorSpec([None], tf.uint32)])
+        def step(xb, yb, eps, step_size, keys):
+            x_adv = config(model, xb, yb, clip=clip, eps_scale=eps, step_scale=step_size, keys=keys)
             return tf.equal(tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32),
                             tf.cast(yb, tf.int32))
         table[key] = step
@@ -88,22 +127,43 @@ def _compiled_check(model, config: AttackConfig, clip, x: np.ndarray, y: np.ndar
 
 
 def reseed(seed: int) -> None:
-    """Seeds TF's random generator and drops the traced attack steps, whose random ops took
-    their seeds when they were traced: each evaluation is then reproducible from its seed alone.
-    (The seed-stability rerun inside an evaluation keeps the traces: it draws the next random
-    numbers of the same streams, which is all that check needs, and traces nothing again.)"""
+    """Seeds TF's global random generator. The attacks of an evaluation draw nothing from it
+    (their draws are keyed by example, :class:`Draws`), so their traces are kept across
+    evaluations; this only makes anything else random in the model reproducible."""
     tf.random.set_seed(seed)
-    _COMPILED.clear()
 
 
-def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress) -> np.ndarray:
-    """Per example, whether ``model`` still classifies ``x`` correctly under the attack ``config``."""
+def _on_replicas(strategy, step, xb, yb, eps, step_size, keys) -> np.ndarray:
+    """``step`` on one batch, its rows split in order over the strategy's replicas."""
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if replicas == 1 or len(xb) < replicas:
+        return step(tf.constant(xb), tf.constant(yb), eps, step_size, tf.constant(keys)).numpy()
+    bounds = np.linspace(0, len(xb), replicas + 1).astype(int)
+
+    def part(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(array[bounds[ctx.replica_id_in_sync_group]:
+                                          bounds[ctx.replica_id_in_sync_group + 1]]))
+
+    # A Python callable (not the tf.function itself), so each replica gets its own slice.
+    out = strategy.run(lambda *args: step(*args), args=(part(xb), part(yb), eps, step_size, part(keys)))
+    return np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
+
+
+def correct_under(model, config: AttackConfig, x, y, batch_size, clip, progress, *, draws: Draws,
+                  use: tuple = (), strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
+    """Per example, whether ``model`` still classifies ``x`` correctly under the attack ``config``.
+
+    ``draws`` key the attack's random numbers by example and ``use`` (see :class:`Draws`); a
+    ``strategy`` splits every batch over its replicas.
+    """
     unit, eps, step_size = _unit_radius(config)
     step = _compiled_check(model, unit, clip, x, y)
     eps, step_size = tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32)
+    keys = draws.keys(*use)
     out = []
     for s in batches(len(x), batch_size):
-        out.append(step(tf.constant(x[s]), tf.constant(y[s]), eps, step_size).numpy())
+        out.append(_on_replicas(strategy, step, x[s], y[s], eps, step_size, keys[s]))
         progress.update(s.stop - s.start)
     return np.concatenate(out) if out else np.zeros([0], bool)
 
@@ -178,8 +238,11 @@ def attack_settings(name: str, budget: Budget, *, clip, stages: list[str]) -> di
 
 
 def run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batch_size, clip,
-                 bar) -> dict:
+                 bar, draws: Draws, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs every attack of ``order`` at every eps; cascade ``stages`` share their survivors.
+
+    ``draws`` key the random numbers by example (:class:`Draws`), ``strategy`` splits the
+    batches over its replicas.
 
     Returns ``{name: {key: (attacked, robust)}}``: boolean masks over the
     examples, ``robust`` being cumulative for a cascade stage.
@@ -193,13 +256,15 @@ def run_attacks(clf, x, y, alive, order, stages, eps_list, make_config, *, batch
         def stage(idx):
             bar.set_postfix_str(f"{name} eps={key}")
             if len(cfgs) == 1:
-                return correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar)
+                return correct_under(clf, cfgs[0], x[idx], y[idx], batch_size, clip, bar,
+                                     draws=draws.take(idx), use=(name, key), strategy=strategy)
             ok = np.ones(len(idx), bool)
             for i, cfg in enumerate(cfgs):  # APGD-T: one run per target, each on what the earlier ones left
                 sub = np.flatnonzero(ok)
                 if len(sub):
                     ok[sub] = correct_under(clf, cfg, x[idx[sub]], y[idx[sub]], batch_size, clip,
-                                             _SILENT)
+                                             _SILENT, draws=draws.take(idx[sub]), use=(name, key, i),
+                                             strategy=strategy)
                 bar.update(len(idx) * (i + 1) // len(cfgs) - len(idx) * i // len(cfgs))
             return ok
         return stage

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Callable, Sequence
@@ -19,10 +20,12 @@ from tfrobust.models import load_model, unwrap
 from tfrobust.names import BOUND_METHODS
 from tfrobust.utils import as_arrays, check_choice, check_range
 from tfrobust.attacks import Budget, eval_attack
-from tfrobust.evaluation.cascade import (attack_settings, attacks_where, reseed,
+from tfrobust.evaluation.cascade import (Draws, attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
 from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
 from tfrobust.evaluation.curve import CERTIFIED_CURVES, check_curve_attack, curve_report, minimal_distances
+from tfrobust.evaluation.sharded import (ChunkStore, Shard, chunk_slices, fingerprint, merge_chunks,
+                                         owned_chunks, shard_of)
 from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_stats, seed_check, sanity_checks
 
 __all__ = [
@@ -59,6 +62,80 @@ def parse_eps_list(text: str | Sequence) -> list[tuple[str, float]]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What every chunk of an evaluation runs (the same on every worker)."""
+
+    order: list
+    stages: list
+    eps_list: list
+    budget: Budget
+    batch_size: int
+    clip: tuple
+    certify: str | None
+    curve: str | None
+
+    def make_config(self, name, value):
+        return eval_attack(name).configs(value, self.budget)
+
+
+def _chunk_arrays(clf, x, y, draws: Draws, plan: _Plan, bar, strategy) -> dict[str, np.ndarray]:
+    """Everything an evaluation measures per example, on one chunk: clean correctness, the
+    attacked/robust masks of every attack at every eps, the verified masks, the curve's distances."""
+    clean = predict_labels(clf, x, plan.batch_size) == y
+    runs = run_attacks(clf, x, y, clean, plan.order, plan.stages, plan.eps_list, plan.make_config,
+                       batch_size=plan.batch_size, clip=plan.clip, bar=bar, draws=draws, strategy=strategy)
+    arrays = {"clean": clean}
+    for name in plan.order:
+        for key, _ in plan.eps_list:
+            arrays[f"attacked|{name}|{key}"], arrays[f"robust|{name}|{key}"] = runs[name][key]
+    if plan.certify is not None:
+        bar.set_postfix_str(f"certify: {plan.certify}")
+        verified = verified_examples(clf, x, y, plan.eps_list, method=plan.certify, clip=plan.clip,
+                                     batch_size=plan.batch_size)
+        arrays.update({f"verified|{key}": v for key, v in verified.items()})
+    if plan.curve in CERTIFIED_CURVES:
+        arrays["distances"] = certified_radii(clf, x, y, method=plan.curve.removeprefix("certified-"),
+                                              clip=plan.clip, max_eps=float(plan.clip[1] - plan.clip[0]),
+                                              batch_size=plan.batch_size)
+    elif plan.curve is not None:
+        arrays["distances"] = minimal_distances(clf, x, y, plan.curve, plan.budget, batch_size=plan.batch_size,
+                                                clip=plan.clip, progress=False)
+    if plan.curve is not None:
+        bar.update(len(x))
+    return arrays
+
+
+def _local_strategy(strategy: tf.distribute.Strategy | None, shard: Shard):
+    """The strategy whose replicas split each batch on this worker: a multi-worker strategy's
+    own local devices (cross-worker collectives are never used), else ``strategy`` itself."""
+    if strategy is None or shard.workers == 1:
+        return strategy
+    return tf.distribute.MirroredStrategy(list(strategy.extended.worker_devices),
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def _run_chunks(clf, x, y, seed, plan: _Plan, store: ChunkStore, shard: Shard, strategy, bar) -> list | None:
+    """Runs this worker's chunks (skipping finished ones); on the chief, waits for the others'
+    and returns every chunk's arrays in order; elsewhere returns ``None``."""
+    slices = chunk_slices(len(x), plan.batch_size)
+    per_example = len(plan.order) * len(plan.eps_list) + (plan.curve is not None)
+    for c in owned_chunks(len(slices), shard):
+        s = slices[c]
+        if store.done(c):
+            bar.update(per_example * (s.stop - s.start))
+            continue
+        store.save(c, _chunk_arrays(clf, x[s], y[s], Draws.of(seed, s.stop - s.start, s.start), plan, bar,
+                                    strategy))
+    if not shard.chief:
+        return None
+    others = [c for c in range(len(slices)) if c not in set(owned_chunks(len(slices), shard))]
+    if others:
+        bar.set_postfix_str(f"waiting for {shard.workers - 1} worker(s)")
+    store.wait(others, lambda c: bar.update(per_example * (slices[c].stop - slices[c].start)))
+    return [store.load(c) for c in range(len(slices))]
+
+
 def evaluate_model(
     model: keras.Model | Callable,
     x: np.ndarray,
@@ -84,8 +161,16 @@ def evaluate_model(
     fmn_steps: int = 100,
     curve: str | None = None,
     certify: str | None = None,
-) -> dict:
+    strategy: tf.distribute.Strategy | None = None,
+    cluster: tf.distribute.cluster_resolver.ClusterResolver | None = None,
+    resume: str | os.PathLike | None = None,
+) -> dict | None:
     """Accuracy of ``model`` under every attack at every eps (docs/architecture.md JSON).
+
+    The examples are cut into chunks of ``batch_size``; every random number an attack draws
+    is keyed by the seed and the example's global index (:class:`~tfrobust.evaluation.cascade.Draws`),
+    so one process, the replicas of a ``strategy`` and the workers of a ``cluster`` give the
+    same per-example results (:mod:`tfrobust.evaluation.sharded`).
 
     Args:
         model: a Keras classifier returning logits (a RobustModel is unwrapped).
@@ -100,11 +185,11 @@ def evaluate_model(
             one per attack name (missing names get ``None``).
         norm: threat norm (Square needs ``"linf"``).
         clip: valid input range.
-        batch_size: examples per attack batch.
-        seed: seeds TF's random generator (random starts, Square's search).
+        batch_size: examples per attack batch, and per chunk of a sharded or resumable run.
+        seed: keys the random starts and Square's search, with each example's global index.
         sanity: run the gradient-masking checks (adds an unbounded PGD run and a
             rerun of the randomised attacks with ``seed + 1`` on up to 200 examples).
-        progress: show a progress bar.
+        progress: show a progress bar (on the chief only).
         meta: extra top-level fields (model path, dataset, split).
         cascade: run the whole attack list as one cascade, in order: each
             attack only sees the examples the earlier ones did not break, and
@@ -125,9 +210,21 @@ def evaluate_model(
         certify: also prove robustness by bound propagation (``"ibp"`` or ``"crown-ibp"``, L∞
             only) and add ``result["verified"]``: the verified accuracy at every eps. The sanity
             checks then fail if any verified example was broken by an attack (a soundness bug).
+        strategy: a ``tf.distribute`` strategy whose replicas split every batch (build or load
+            the model under its scope). A multi-worker strategy's cluster shards the chunks
+            over its workers, each using its own devices.
+        cluster: the cluster to shard over when ``strategy`` has none, e.g.
+            ``tf.distribute.cluster_resolver.TFConfigClusterResolver()`` (``TF_CONFIG``).
+        resume: a directory (shared by all workers) where each finished chunk is written
+            atomically; a run given the same directory skips the finished chunks. Needed with
+            more than one worker.
 
     Returns:
-        The evaluation dict.
+        The evaluation dict; ``None`` on a worker that is not the chief (the chief merges
+        every worker's chunks and writes the one report).
+
+    Raises:
+        ValueError: naming a bad argument, or a resume directory holding another evaluation.
     """
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else list(eps)
     order, stages = expand_attacks(list(attacks), cascade)
@@ -144,6 +241,10 @@ def evaluate_model(
             raise ValueError(f"norm={norm!r}: certify={certify!r} proves L∞ balls only")
     if "square" in order and norm != "linf":
         raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
+    shard = shard_of(cluster if cluster is not None else getattr(strategy, "cluster_resolver", None))
+    if shard.workers > 1 and resume is None:
+        raise ValueError(f"an evaluation over {shard.workers} workers needs resume=DIR, a directory "
+                         "every worker can read and write")
     x, y = as_arrays(x, y)
     if y is None:
         raise ValueError("evaluate_model needs labels: pass y, or a tf.data.Dataset of (x, y)")
@@ -166,22 +267,29 @@ def evaluate_model(
         raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
     budget = dataclasses.replace(budget, apgd_targets=min(int(apgd_targets), num_classes - 1),
                                  fab_targets=min(int(fab_targets), num_classes - 1))
-    clean_correct = predict_labels(clf, x, batch_size) == y
-    result = {**(meta or {}), "n": int(n), "seed": int(seed),
-              "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
-              "settings": {}}
-
-    def make_config(name, value):
-        return eval_attack(name).configs(value, budget)
+    plan = _Plan(order, stages, eps_list, budget, int(batch_size), tuple(clip), certify, curve)
+    local = _local_strategy(strategy, shard)
+    store = ChunkStore(resume, {} if resume is None else fingerprint(
+        {"plan": dataclasses.asdict(plan), "seed": int(seed), "n": n}, x, y, clf.get_weights()))
 
     m = min(n, SEED_SUBSET)
     randomised = attacks_where(order, "randomised")
     reruns = len([a for a in order if a in randomised or (a in stages and set(stages) & set(randomised))])
-    total = len(order) * len(eps_list) * n + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0)
-    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress, file=sys.stderr,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    runs = run_attacks(clf, x, y, clean_correct, order, stages, eps_list, make_config,
-                        batch_size=batch_size, clip=clip, bar=bar)
+    total = ((len(order) * len(eps_list) + (curve is not None)) * n
+             + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0))
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not (progress and shard.chief),
+               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    chunks = _run_chunks(clf, x, y, seed, plan, store, shard, local, bar)
+    if chunks is None:
+        bar.close()
+        return None
+    arrays = merge_chunks(chunks)
+    clean_correct = arrays["clean"]
+    result = {**(meta or {}), "n": int(n), "seed": int(seed),
+              "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
+              "settings": {}}
+    runs = {name: {key: (arrays[f"attacked|{name}|{key}"], arrays[f"robust|{name}|{key}"])
+                   for key, _ in eps_list} for name in order}
     robust_all = {key: clean_correct.copy() for key, _ in eps_list}
     for name in order:
         result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
@@ -190,41 +298,39 @@ def evaluate_model(
         result["settings"][name] = attack_settings(name, budget, clip=clip, stages=stages)
     result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
     if certify is not None:
-        bar.set_postfix_str(f"certify: {certify}")
-        verified = verified_examples(clf, x, y, eps_list, method=certify, clip=clip, batch_size=batch_size)
+        verified = {key: arrays[f"verified|{key}"] for key, _ in eps_list}
         result["verified"] = {key: float(v.mean()) for key, v in verified.items()}
         result["settings"]["certify"] = {"method": certify, "norm": "linf", "clip": [float(c) for c in clip]}
 
     if sanity:
         gain = black_box_gain(runs, order, eps_list) if "square" in order else None
-        seed = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
-                    make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
-                    batch_size=batch_size, clip=clip, bar=bar)
+        seeds = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
+                          plan.make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
+                          batch_size=batch_size, clip=clip, bar=bar, strategy=local)
         m_unb = min(n, 500)
         width = float(clip[1] - clip[0])
         unbounded = AttackConfig(name="pgd", eps=width, steps=max(steps, 20), step_size=width / 10,
                                  norm="linf", loss="cw")
         bar.set_postfix_str("sanity: unbounded pgd")
         unbounded_acc = float(correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
-                                             bar).mean())
+                                            bar, draws=Draws.of(seed, m_unb),
+                                            use=("sanity-unbounded",), strategy=local).mean())
         stats = gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
         bar.update(m_unb)
         result["sanity"] = sanity_checks(result, dict(eps_list), grad_stats=stats,
                                          unbounded_accuracy=unbounded_acc,
                                          num_classes=int(stats["logits"].shape[-1]),
-                                         black_box_gain=gain, seed_check=seed)
+                                         black_box_gain=gain, seed_check=seeds)
         if certify is not None:
             result["sanity"]["checks"].append(soundness_check(verified, robust_all))
             result["sanity"]["passed"] = all(c["passed"] for c in result["sanity"]["checks"])
     bar.close()
     if curve is not None:
-        if curve in CERTIFIED_CURVES:
-            distances = certified_radii(clf, x, y, method=curve.removeprefix("certified-"), clip=clip,
-                                        max_eps=float(clip[1] - clip[0]), batch_size=batch_size)
-        else:
-            distances = minimal_distances(clf, x, y, curve, budget, batch_size=batch_size, clip=clip,
-                                          progress=progress)
-        result["curve"] = curve_report(distances, curve, result["worst_case"], dict(eps_list), clip=clip)
+        result["curve"] = curve_report(arrays["distances"], curve, result["worst_case"], dict(eps_list),
+                                       clip=clip)
+    result["distribution"] = {"workers": shard.workers,
+                              "replicas": 1 if local is None else int(local.num_replicas_in_sync),
+                              "chunk_size": int(batch_size)}
     result["seconds"] = round(time.time() - start, 2)
     return result
 

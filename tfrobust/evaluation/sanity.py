@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig, eval_attack
-from tfrobust.evaluation.cascade import attacks_where, correct_under, run_attacks
+from tfrobust.evaluation.cascade import Draws, attacks_where, correct_under, run_attacks
 from tfrobust.utils import batches
 
 __all__ = [
@@ -172,8 +172,11 @@ def black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:
 
 
 def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, robust_all, runs, *,
-                seed, steps, norm, batch_size, clip, bar) -> dict:
+                seed, steps, norm, batch_size, clip, bar, strategy=None) -> dict:
     """Reruns the randomised attacks with ``seed + 1`` on the first examples at one eps.
+
+    ``x`` are the evaluation's first examples (global indices from 0), so the rerun's draws
+    differ from the evaluation's by the seed alone.
 
     The eps is the one whose worst case is nearest 0.5 (where seed dependence
     shows most). Deterministic standalone attacks keep their results; a cascade
@@ -186,9 +189,9 @@ def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, r
     rerun_stages = stages if attacks_where(stages, "randomised") else []
     rerun_alone = [a for a in randomised if a not in stages]
     if randomised:
-        tf.random.set_seed(seed + 1)
         rerun = run_attacks(clf, x, y, clean_correct, rerun_stages + rerun_alone, rerun_stages,
-                             [(key, value)], make_config, batch_size=batch_size, clip=clip, bar=bar)
+                             [(key, value)], make_config, batch_size=batch_size, clip=clip, bar=bar,
+                             draws=Draws.of(seed + 1, m), strategy=strategy)
         before = robust_all[key][:m]
         after = clean_correct.copy()
         for name in order:
@@ -198,12 +201,12 @@ def seed_check(clf, x, y, clean_correct, order, stages, eps_list, make_config, r
         pgd = AttackConfig(name="pgd", eps=value, steps=steps, norm=norm, random_start=True)
         results = []
         for s in (seed, seed + 1):
-            tf.random.set_seed(s)
             bar.set_postfix_str(f"sanity: pgd seed {s}")
-            results.append(clean_correct & correct_under(clf, pgd, x, y, batch_size, clip, bar))
+            results.append(clean_correct & correct_under(clf, pgd, x, y, batch_size, clip, bar,
+                                                         draws=Draws.of(s, m), use=("sanity-pgd",),
+                                                         strategy=strategy))
         before, after = results
         what = f"pgd-{steps} with random start (no randomised attack was run)"
-    tf.random.set_seed(seed)
     return {"eps": key, "m": int(m), "seed": int(seed), "accuracy": float(before.mean()),
             "accuracy_rerun": float(after.mean()), "changed": int((before != after).sum()),
             "tolerance": seed_tolerance(m), "what": what}
