@@ -10,7 +10,10 @@ Sections, each timed and written as it finishes:
 3. ``mirrored``: natural-training throughput under ``MirroredStrategy`` over every GPU against one
    GPU, and the scaling efficiency ``(all / one) / n_gpus`` (on CPU: one device, efficiency 1 by
    construction; it proves the code path only).
-4. ``cifar_smoke``: the ``cifar10_wrn_at_emr`` recipe (WRN-34-10, PGD-10 AT + EMR) trained through
+4. ``mirrored_evaluation``: ``evaluate_model`` (PGD-10 and APGD-CE) under ``MirroredStrategy`` over
+   every GPU against one GPU: examples/s, scaling efficiency, and whether the two reports are equal
+   apart from timing (they must be: the attacks' random numbers are keyed by example).
+5. ``cifar_smoke``: the ``cifar10_wrn_at_emr`` recipe (WRN-34-10, PGD-10 AT + EMR) trained through
    ``tfrobust.training.train`` on synthetic 32x32x3 data for a few hundred steps (``--size tiny``:
    a WRN-10-1 for 4 steps), with its loss and wall time.
 
@@ -166,6 +169,36 @@ def mirrored(size: dict) -> dict:
             "scaling_efficiency": round(everyone / one / len(devices), 3)}
 
 
+def mirrored_evaluation(size: dict) -> dict:
+    from tfrobust.evaluation import evaluate_model  # noqa: E402
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or ["/cpu:0"]
+    rng = np.random.default_rng(3)
+    n = size["pgd_batch"] * 4
+    x = rng.uniform(size=(n, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, n)
+
+    def run(device_list):
+        strategy = tf.distribute.MirroredStrategy(devices=device_list,
+                                                  cross_device_ops=tf.distribute.ReductionToOneDevice())
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = models.mnist_cnn(width=size["width"])
+        kw = dict(attacks=["pgd", "apgd-ce"], eps="0.3", steps=10, apgd_steps=10, sanity=False, progress=False,
+                  batch_size=size["pgd_batch"] * len(device_list), strategy=strategy)
+        evaluate_model(model, x[: kw["batch_size"]], y[: kw["batch_size"]], **kw)  # trace
+        t = time.perf_counter()
+        report = evaluate_model(model, x, y, **kw)
+        return report, n / (time.perf_counter() - t)
+
+    one, one_rate = run(devices[:1])
+    everyone, all_rate = run(devices) if len(devices) > 1 else (one, one_rate)
+    same = {k: v for k, v in one.items() if k not in ("seconds", "distribution")} == {
+        k: v for k, v in everyone.items() if k not in ("seconds", "distribution")}
+    return {"devices": devices, "n": n, "examples_per_s": {"one": round(one_rate, 1), "all": round(all_rate, 1)},
+            "scaling_efficiency": round(all_rate / one_rate / len(devices), 3), "same_report": same}
+
+
 def cifar_smoke(size: dict) -> dict:
     config = training.load_config("cifar10_wrn_at_emr")
     config["dataset"] = "synthetic"
@@ -185,7 +218,7 @@ def cifar_smoke(size: dict) -> dict:
 
 
 SECTIONS = {"step_time": step_times, "pgd_throughput": pgd_throughput, "mirrored": mirrored,
-            "cifar_smoke": cifar_smoke}
+            "mirrored_evaluation": mirrored_evaluation, "cifar_smoke": cifar_smoke}
 
 
 def main(argv=None) -> int:

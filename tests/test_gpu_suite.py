@@ -29,5 +29,6 @@ def test_gpu_suite_tiny_on_cpu(tmp_path):
     assert res["pgd_throughput"]["pgd_over_limit"] > 0
     if not res["gpus"]:
         assert res["mirrored"]["scaling_efficiency"] == 1.0 and res["mirrored"]["devices"] == ["/cpu:0"]
+    assert res["mirrored_evaluation"]["same_report"] is True
     assert all(math.isfinite(v) for v in res["cifar_smoke"]["final_loss"].values())
     assert res["cifar_smoke"]["steps"] == 4
