@@ -17,7 +17,10 @@ from tfrobust.utils import check_positive, check_positive_int
 __all__ = [
     "ABSTAIN",
     "MAX_SEED",
+    "NOISE_BLOCK",
     "check_seed",
+    "noise_seeds",
+    "block_noise",
     "sample_counts",
     "predict",
     "certify",
@@ -31,6 +34,9 @@ ABSTAIN = -1
 MAX_SEED = 2 ** 31 - 1
 """Largest seed: the stateless seed of each draw packs ``(seed, example)`` into one int64."""
 
+NOISE_BLOCK = 64
+"""Draws per stateless noise block: one random op serves 64 draws of one example."""
+
 SELECTION, ESTIMATION = 0, 1  # the noise streams of CERTIFY's two samples
 
 _COUNTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -43,9 +49,28 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def noise_seeds(example: tf.Tensor, sample: tf.Tensor, seed: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
-    """Stateless seeds ``[k, 2]`` of draws ``(example, sample)``: a function of the draw, not of the batching."""
-    return tf.stack([seed * 2 ** 32 + example, stream * 2 ** 40 + sample], axis=1)
+def noise_seeds(example: tf.Tensor, block: tf.Tensor, seed: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
+    """Stateless seeds ``[k, 2]`` of noise blocks ``(example, block)``: a function of the block, not of the batching."""
+    return tf.stack([seed * 2 ** 32 + example, stream * 2 ** 40 + block], axis=1)
+
+
+def block_noise(example: tf.Tensor, sample: tf.Tensor, n: tf.Tensor, seed: tf.Tensor, stream: tf.Tensor,
+                spec: tf.TensorSpec) -> tf.Tensor:
+    """Standard normal noise of draws ``(example, sample)`` (consecutive in flattened order).
+
+    Draw ``j`` of example ``i`` is row ``j mod NOISE_BLOCK`` of one ``stateless_normal`` block seeded
+    by ``(seed, i, j // NOISE_BLOCK, stream)``: the blocks the draws touch are generated (one op
+    each) and the rows gathered, so a draw's noise never depends on which forward batch holds it.
+    """
+    per_example = (n + NOISE_BLOCK - 1) // NOISE_BLOCK
+    block = example * per_example + sample // NOISE_BLOCK  # global block id, non-decreasing
+    ids = tf.range(block[0], block[-1] + 1)
+    shape = [NOISE_BLOCK, *spec.shape]
+    blocks = tf.map_fn(lambda s: tf.random.stateless_normal(shape, s, dtype=spec.dtype),
+                       noise_seeds(ids // per_example, ids % per_example, seed, stream),
+                       fn_output_signature=tf.TensorSpec(shape, spec.dtype))
+    rows = tf.reshape(blocks, [-1, *spec.shape])
+    return tf.gather(rows, (block - block[0]) * NOISE_BLOCK + sample % NOISE_BLOCK)
 
 
 def _count_function(model: Callable, num_classes: int, example: tf.TensorSpec) -> Callable:
@@ -54,17 +79,14 @@ def _count_function(model: Callable, num_classes: int, example: tf.TensorSpec) -
     @tf.function(input_signature=[tf.TensorSpec([None, *example.shape], example.dtype), *scalars])
     def count(x, sigma, n, batch_size, seed, stream):
         total = tf.cast(tf.shape(x)[0], tf.int64) * n
-        spec = tf.TensorSpec(x.shape[1:], x.dtype)
 
         def body(start, counts):
             t = tf.range(start, tf.minimum(start + batch_size, total))
-            example, sample = t // n, t % n
-            noise = tf.map_fn(lambda s: tf.random.stateless_normal(tf.shape(x)[1:], s, dtype=x.dtype),
-                              noise_seeds(example, sample, seed, stream), fn_output_signature=spec,
-                              parallel_iterations=64)
-            logits = losses.logits_of(model, tf.gather(x, example) + sigma * noise, False)
+            index, sample = t // n, t % n
+            noise = block_noise(index, sample, n, seed, stream, example)
+            logits = losses.logits_of(model, tf.gather(x, index) + sigma * noise, False)
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
-            counts = tf.tensor_scatter_nd_add(counts, tf.stack([example, predicted], 1), tf.ones_like(example))
+            counts = tf.tensor_scatter_nd_add(counts, tf.stack([index, predicted], 1), tf.ones_like(index))
             return start + batch_size, counts
 
         counts = tf.zeros(tf.stack([tf.shape(x, out_type=tf.int64)[0], num_classes]), tf.int64)
@@ -90,8 +112,8 @@ def sample_counts(model: Callable, x, sigma: float, n: int, batch_size: int = 10
                   clip: tuple[float, float] | None = (0.0, 1.0), stream: int = 0) -> np.ndarray:
     """Class counts of ``f(x + N(0, σ² I))`` over ``n`` draws per example.
 
-    Draw ``j`` of example ``i`` uses the stateless seed ``(seed, i, j, stream)``, so the counts
-    depend on ``seed`` and not on ``batch_size``, which only sets how many noisy inputs (from any
+    Draw ``j`` of example ``i`` comes from the stateless seed ``(seed, i, j // NOISE_BLOCK, stream)``
+    (:func:`block_noise`), so the counts depend on ``seed`` and not on ``batch_size``, which only sets how many noisy inputs (from any
     examples) one forward pass takes. The noise is drawn in-graph and is not clipped (Cohen et al.);
     the model runs in inference mode.
 
