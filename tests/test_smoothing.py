@@ -219,3 +219,15 @@ def test_smoothing_recipes_carry_the_authors_settings(name, sigma, lam):
     assert (noise.sigma, noise.copies) == (sigma, 2)
     assert (consistency.sigma, consistency.copies, consistency.lam, consistency.eta) == (sigma, 2, lam, 0.5)
     assert config["train"]["validation_n"] == 5000
+
+
+def test_smooth_adv_is_graph_safe_and_follows_its_seed():
+    clf, x = linear_binary(), tf.constant(X)
+    eager = S.smooth_adv_pgd(clf, x, sigma=SIGMA, eps=0.2, steps=3, m=4, seed=1)
+    graph = tf.function(lambda v: S.smooth_adv_pgd(clf, v, sigma=SIGMA, eps=0.2, steps=3, m=4, seed=1))(x)
+    np.testing.assert_allclose(graph.numpy(), eager.numpy(), rtol=1e-6, atol=1e-7)
+    # On a linear model every noise draw has the same input gradient, so PGD moves along -w (class 1)
+    # or +w (class 0) by eps exactly, clipped to [0, 1].
+    base, _, _ = exact(X)
+    direction = np.where(base[:, None] == 1, -1.0, 1.0) * W / np.linalg.norm(W)
+    np.testing.assert_allclose(eager.numpy(), np.clip(X + 0.2 * direction, 0.0, 1.0), atol=1e-6)

@@ -69,7 +69,8 @@ def smooth_adv_pgd(model: Callable, x, y=None, *, sigma: float, eps: float, step
     y = resolve_labels(model, x, y, targeted=False)
     eps = tf.cast(eps, x.dtype)
     step = eps * (2.5 / max(steps, 1)) if step_size is None else tf.cast(step_size, x.dtype)
-    step = tf.reshape(step, tf.concat([tf.shape(step), tf.ones([x.shape.rank - step.shape.rank], tf.int32)], 0))
+    ones = tf.ones([x.shape.rank - step.shape.rank], tf.int32)
+    step = tf.reshape(step, tf.concat([tf.shape(step), ones], 0))  # one step per example
     noise = scalar(sigma, x.dtype) * tf.random.stateless_normal(tf.concat([[m], tf.shape(x)], 0),
                                                                  [seed, 0], dtype=x.dtype)
 

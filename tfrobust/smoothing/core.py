@@ -50,7 +50,7 @@ def check_seed(seed) -> int:
 
 
 def noise_seeds(example: tf.Tensor, block: tf.Tensor, seed: tf.Tensor, stream: tf.Tensor) -> tf.Tensor:
-    """Stateless seeds ``[k, 2]`` of noise blocks ``(example, block)``: a function of the block, not of the batching."""
+    """Stateless seeds ``[k, 2]`` of noise blocks ``(example, block)``, independent of the batching."""
     return tf.stack([seed * 2 ** 32 + example, stream * 2 ** 40 + block], axis=1)
 
 
@@ -97,7 +97,7 @@ def _count_function(model: Callable, num_classes: int, example: tf.TensorSpec) -
 
 
 def _counter(model: Callable, num_classes: int, example: tf.TensorSpec) -> Callable:
-    """The traced counting loop of ``model``, one per (classes, example shape and dtype), kept with the model."""
+    """The traced counting loop of ``model``, one per (classes, example shape, dtype), kept with it."""
     try:
         table = _COUNTERS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: trace afresh
@@ -113,8 +113,8 @@ def sample_counts(model: Callable, x, sigma: float, n: int, batch_size: int = 10
     """Class counts of ``f(x + N(0, σ² I))`` over ``n`` draws per example.
 
     Draw ``j`` of example ``i`` comes from the stateless seed ``(seed, i, j // NOISE_BLOCK, stream)``
-    (:func:`block_noise`), so the counts depend on ``seed`` and not on ``batch_size``, which only sets how many noisy inputs (from any
-    examples) one forward pass takes. The noise is drawn in-graph and is not clipped (Cohen et al.);
+    (:func:`block_noise`), so the counts depend on ``seed`` and not on ``batch_size``, which only
+    sets how many noisy inputs (from any examples) one forward pass takes. The noise is drawn in-graph and is not clipped (Cohen et al.);
     the model runs in inference mode.
 
     Args:
@@ -141,7 +141,8 @@ def sample_counts(model: Callable, x, sigma: float, n: int, batch_size: int = 10
         raise ValueError(f"x of shape {tuple(x.shape)} must be a non-empty batch [B, ...]")
     num_classes = int(losses.logits_of(model, x[:1], False).shape[-1])
     counter = _counter(model, num_classes, tf.TensorSpec(x.shape[1:], x.dtype))
-    counts = counter(x, tf.constant(sigma, x.dtype), *(tf.constant(v, tf.int64) for v in (n, batch_size, seed, stream)))
+    integers = (tf.constant(v, tf.int64) for v in (n, batch_size, seed, stream))
+    counts = counter(x, tf.constant(sigma, x.dtype), *integers)
     return counts.numpy()
 
 
@@ -160,7 +161,8 @@ def predict(model: Callable, x, sigma: float, n: int, alpha: float, batch_size: 
     counts = sample_counts(model, x, sigma, n, batch_size, seed, clip=clip)
     order = np.argsort(-counts, axis=1, kind="stable")
     rows = np.arange(len(counts))
-    top, second = counts[rows, order[:, 0]], counts[rows, order[:, 1]] if counts.shape[1] > 1 else 0
+    top = counts[rows, order[:, 0]]
+    second = counts[rows, order[:, 1]] if counts.shape[1] > 1 else np.zeros_like(top)
     p_value = binomial_test_two_sided(top, top + second)
     return np.where(p_value > alpha, ABSTAIN, order[:, 0]).astype(np.int64)
 
@@ -213,7 +215,8 @@ def certified_accuracy(radii, correct, radii_grid) -> np.ndarray:
     radii, correct = np.asarray(radii, np.float64).reshape(-1), np.asarray(correct, bool).reshape(-1)
     grid = np.asarray(radii_grid, np.float64).reshape(-1)
     if radii.shape != correct.shape or radii.size == 0:
-        raise ValueError(f"radii ({radii.size}) and correct ({correct.size}) must be equal, non-empty lengths")
+        raise ValueError(f"radii ({radii.size}) and correct ({correct.size}) must have one equal, "
+                         "non-zero length")
     if np.any(grid < 0) or np.any(~np.isfinite(grid)):
         raise ValueError(f"radii_grid={radii_grid!r} must be finite and non-negative")
     return (correct[None, :] & (radii[None, :] >= grid[:, None])).mean(axis=1)
