@@ -231,3 +231,14 @@ def test_smooth_adv_is_graph_safe_and_follows_its_seed():
     base, _, _ = exact(X)
     direction = np.where(base[:, None] == 1, -1.0, 1.0) * W / np.linalg.norm(W)
     np.testing.assert_allclose(eager.numpy(), np.clip(X + 0.2 * direction, 0.0, 1.0), atol=1e-6)
+
+
+def test_the_traced_counter_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+    clf = linear_binary()
+    S.sample_counts(clf, X, SIGMA, 10)
+    ref = weakref.ref(clf)
+    del clf
+    gc.collect()
+    assert ref() is None

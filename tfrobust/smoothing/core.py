@@ -73,7 +73,7 @@ def block_noise(example: tf.Tensor, sample: tf.Tensor, n: tf.Tensor, seed: tf.Te
     return tf.gather(rows, (block - block[0]) * NOISE_BLOCK + sample % NOISE_BLOCK)
 
 
-def _count_function(model: Callable, num_classes: int, example: tf.TensorSpec) -> Callable:
+def _count_function(get_model: Callable, num_classes: int, example: tf.TensorSpec) -> Callable:
     scalars = [tf.TensorSpec([], example.dtype)] + [tf.TensorSpec([], tf.int64)] * 4
 
     @tf.function(input_signature=[tf.TensorSpec([None, *example.shape], example.dtype), *scalars])
@@ -84,7 +84,7 @@ def _count_function(model: Callable, num_classes: int, example: tf.TensorSpec) -
             t = tf.range(start, tf.minimum(start + batch_size, total))
             index, sample = t // n, t % n
             noise = block_noise(index, sample, n, seed, stream, example)
-            logits = losses.logits_of(model, tf.gather(x, index) + sigma * noise, False)
+            logits = losses.logits_of(get_model(), tf.gather(x, index) + sigma * noise, False)
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
             counts = tf.tensor_scatter_nd_add(counts, tf.stack([index, predicted], 1), tf.ones_like(index))
             return start + batch_size, counts
@@ -101,10 +101,10 @@ def _counter(model: Callable, num_classes: int, example: tf.TensorSpec) -> Calla
     try:
         table = _COUNTERS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: trace afresh
-        return _count_function(model, num_classes, example)
+        return _count_function(lambda: model, num_classes, example)
     key = (num_classes, tuple(example.shape), example.dtype)
-    if key not in table:
-        table[key] = _count_function(model, num_classes, example)
+    if key not in table:  # a weak reference, so that the cache does not keep the model alive
+        table[key] = _count_function(weakref.ref(model), num_classes, example)
     return table[key]
 
 
