@@ -55,6 +55,9 @@ OBJECTIVES = {
     "jacobian_emr": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5) + O.EffectiveMargin(lam=0.5),
     "ibp": lambda: O.CertifiedTraining(eps=0.1, method="ibp", kappa=0.5),
     "crown_ibp": lambda: O.CertifiedTraining(eps=0.1, method="crown-ibp", kappa=0.0, beta=0.5),
+    # The noise is drawn through norms.random_start too, so the tests' patch makes it constant.
+    "gaussian_noise": lambda: O.GaussianNoise(sigma=0.25),
+    "consistency": lambda: O.GaussianNoise(sigma=0.25, copies=2) + O.Consistency(sigma=0.25, copies=2),
 }
 
 

@@ -16,7 +16,8 @@ two forward/backward passes, no double backprop.
 
 Terms: :class:`CrossEntropy`, :class:`AdversarialTraining`,
 :class:`FastAdversarialTraining`, :class:`Trades`, :class:`Mart`,
-:class:`CertifiedTraining` (IBP and CROWN-IBP; base losses) and :class:`DecisionJacobian`, :class:`InputGradient`,
+:class:`CertifiedTraining` (IBP and CROWN-IBP; base losses), :class:`GaussianNoise` (training
+for randomized smoothing; a base loss) with :class:`Consistency` (its penalty) and :class:`DecisionJacobian`, :class:`InputGradient`,
 :class:`EffectiveMargin` (penalties). TRADES' KL attack is a
 :class:`KLAttack` point, usable wherever an attack config is.
 
@@ -37,6 +38,7 @@ from tfrobust.objectives.penalties import (GRADIENT_METHODS, PENALTY_NORMS, Deci
                                            finite_difference_penalty, linearity_gap,
                                            min_finite_difference_step, penalty_norm,
                                            resolve_penalty_norm)
+from tfrobust.objectives.smoothing import Consistency, GaussianNoise, NoisyCopy, consistency_loss, noisy_copies
 from tfrobust.objectives.trades import Mart, Trades, mart_loss
 
 __all__ = [
@@ -68,4 +70,9 @@ __all__ = [
     "mart_loss",
     "Mart",
     "CertifiedTraining",
+    "NoisyCopy",
+    "noisy_copies",
+    "consistency_loss",
+    "GaussianNoise",
+    "Consistency",
 ]
