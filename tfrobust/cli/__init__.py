@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "train": "train one recipe (a name from the packaged recipes or a YAML path); resumes after a crash",
     "recipes": "list the packaged training recipes",
     "evaluate": "accuracy under each attack and eps, worst case, and gradient-masking sanity checks",
+    "certify": "certified L2 accuracy of the randomized-smoothing classifier (Cohen et al.'s CERTIFY)",
     "export": "export a Keras classifier as a TF Serving SavedModel with a robustness signature",
     "serve": "serve exported SavedModels over TF Serving's REST API (local development server)",
     "surface": "plot the decision and cross-entropy surfaces around one input (or in parameter space)",
