@@ -87,3 +87,27 @@ def test_results_page_certified_and_adaptive_tables_are_their_json():
     for result in report.values():  # the certificate is never beaten inside its radius
         assert all(b["scores"]["certified_radius"]["successes_within_certified_radius"] == 0
                    for b in result["attacks"].values())
+
+
+def test_readme_headline_results_are_their_json():
+    """The README's few headline cells, formatted from the same JSON the results page quotes."""
+    from tfrobust.paper import ATTACKS, EPS, PAPER_TABLE1
+
+    readme = (REPO / "README.md").read_text()
+    hour = json.loads((REPO / "training" / "results" / "one_cpu_hour" / "eval.json").read_text())
+    assert (f"{hour['clean_accuracy']:.1%} clean, {hour['worst_case']['0.3']:.1%} under the standard AutoAttack "
+            f"at eps 0.3 (first {hour['n']:,} test images) | {hour['train_seconds']:,.0f} s on 2 CPU cores") in readme
+    ibp = json.loads((REPO / "training" / "results" / "certified" / "table.json").read_text())["mnist_ibp"]
+    assert (f"{100 * ibp['clean']:.2f}% clean, {100 * ibp['verified']['0.3']:.2f}% verified at eps 0.3 "
+            f"(all {ibp['n_verified']:,} test images)") in readme
+    curvature = json.loads((REPO / "training" / "results" / "table1.json").read_text())["models"][
+        "decision_jacobian_curvature"]
+    paper = PAPER_TABLE1["decision_jacobian"]
+    cells = sum(curvature["attacks"][a][e] >= paper[a][e] for a in ATTACKS for e in EPS)
+    assert f"{100 * curvature['clean_accuracy']:.2f}% clean, {cells} of Table 1's 9 cells at or above" in readme
+    art = load("autoattack_vs_art.json")
+    assert (f"{art['tfrobust']['robust_accuracy']:.1%} robust accuracy for both, ours {art['speedup']:.2f}x faster "
+            f"| {art['n']} images") in readme and art["art"]["robust_accuracy"] == art["tfrobust"]["robust_accuracy"]
+    speed = load("attack_speed.json")["ratios"]
+    assert (f"0.{round(speed['tfrobust_over_limit'] * 1000):03d} of the physical limit, "
+            f"{speed['tfrobust_over_art']:.1f}x ART's speed") in readme
