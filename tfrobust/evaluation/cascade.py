@@ -39,6 +39,7 @@ def attacks_where(names, flag: str) -> list[str]:
 
 
 def predict_labels(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The class ``model`` predicts for each image of ``x``, in batches of ``batch_size``."""
     fn = tf.function(lambda t: tf.argmax(model(t, training=False), -1))
     return np.concatenate([fn(tf.constant(x[s])).numpy() for s in batches(len(x), batch_size)])
 
