@@ -151,7 +151,7 @@ PART_NAMES = {"F": "forward", "A": "attack_pass", "D": "double_backprop_pass"}
 
 
 def readme_table(result: dict) -> str:
-    """The README's step-time table, from a ``step_time.json`` result (tests/test_results.py checks it)."""
+    """docs/results.md's step-time table, from a ``step_time.json`` result (tests/test_results.py checks it)."""
     rows = ["| objective | step / natural | step / floor | floor |", "|---|---|---|---|"]
     for name, ratio in result["median_per_round_ratio_to_natural"].items():
         rows.append(f"| {name} | {ratio:.2f} | {result['ratio_to_floor'][name]:.2f} | "

@@ -1,4 +1,4 @@
-"""Committed results stay true: every benchmark JSON names its commit, and the README quotes them exactly."""
+"""Committed results stay true: every benchmark JSON names its commit, and docs/results.md quotes them exactly."""
 
 import json
 import re
@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "benchmarks" / "results").glob("*.json"))
-README = (REPO / "README.md").read_text()
+RESULTS_PAGE = (REPO / "docs" / "results.md").read_text()
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -24,32 +24,32 @@ def test_every_benchmark_result_records_its_commit_command_and_hardware(path):
     assert result.get("command") and result.get("hardware")
 
 
-def test_every_result_the_readme_cites_exists():
-    cited = set(re.findall(r"benchmarks/results/([\w.]+\.json)", README))
-    assert cited, "the README cites no benchmark result"
+def test_every_result_the_results_page_cites_exists():
+    cited = set(re.findall(r"benchmarks/results/([\w.]+\.json)", RESULTS_PAGE))
+    assert cited, "docs/results.md cites no benchmark result"
     assert cited <= {p.name for p in RESULTS}, cited - {p.name for p in RESULTS}
 
 
-def test_readme_step_time_table_is_the_json():
+def test_results_page_step_time_table_is_the_json():
     from step_time import readme_table
     table = readme_table(load("step_time.json"))
-    assert table in README, "README's step-time table differs from benchmarks/results/step_time.json:\n" + table
+    assert table in RESULTS_PAGE, "docs/results.md's step-time table differs from benchmarks/results/step_time.json:\n" + table
 
 
-def test_readme_quoted_ratios_match_their_json():
+def test_results_page_quoted_ratios_match_their_json():
     table1 = load("step_time_table1.json")["median_seconds"]
-    assert f"costs {table1['pgd7_at_emr'] / table1['pgd_at_40']:.2f}x a PGD-40 step" in README
+    assert f"costs {table1['pgd7_at_emr'] / table1['pgd_at_40']:.2f}x a PGD-40 step" in RESULTS_PAGE
     speed = load("attack_speed.json")
-    assert f"0.{round(speed['ratios']['tfrobust_over_limit'] * 1000):03d} of the physical limit" in README
-    assert f"tfrobust {speed['ratios']['tfrobust_over_art']:.1f}x faster" in README
+    assert f"0.{round(speed['ratios']['tfrobust_over_limit'] * 1000):03d} of the physical limit" in RESULTS_PAGE
+    assert f"tfrobust {speed['ratios']['tfrobust_over_art']:.1f}x faster" in RESULTS_PAGE
     art = load("autoattack_vs_art.json")
-    assert f"ours {art['speedup']:.2f}x faster" in README
-    assert f"reports **{art['tfrobust']['robust_accuracy']:.1%}** robust accuracy in {art['tfrobust']['seconds']:.0f} s" in README
+    assert f"ours {art['speedup']:.2f}x faster" in RESULTS_PAGE
+    assert f"reports **{art['tfrobust']['robust_accuracy']:.1%}** robust accuracy in {art['tfrobust']['seconds']:.0f} s" in RESULTS_PAGE
     serving = load("serving.json")["robustness_over_default"]
-    assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in README
+    assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in RESULTS_PAGE
 
 
-def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_readme_quotes_its_evaluation():
+def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_results_page_quotes_its_evaluation():
     from tfrobust.training import load_config
 
     recipe = load_config("mnist_one_cpu_hour")
@@ -58,20 +58,20 @@ def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_readme_quotes_it
     best = max(pilots, key=lambda r: r["validation"]["worst_case"]["0.3"])
     # The shipped recipe is the pilot that won on the held-out images, trained for longer.
     assert (best["recipe"]["objective"], best["recipe"]["model"]) == (recipe["objective"], recipe["model"])
-    for r in pilots:  # the README's pilot table is the study's JSONs
+    for r in pilots:  # the results page's pilot table is the study's JSONs
         v = r["validation"]
         assert (f"| {r['settings']['epochs']} | {100 * v['clean_accuracy']:.1f} | "
-                f"{100 * v['worst_case']['0.3']:.1f} |") in README, r["run"]
+                f"{100 * v['worst_case']['0.3']:.1f} |") in RESULTS_PAGE, r["run"]
     result = json.loads((REPO / "training" / "results" / "one_cpu_hour" / "eval.json").read_text())
     assert result["recipe"] == "mnist_one_cpu_hour" and result["n"] >= 1000 and result["epochs_trained"] == \
         recipe["train"]["epochs"]
     assert result["train_seconds"] <= 3600 and result["split"] == "test" and result["sanity"]["passed"]
-    assert f"trained in **{result['train_seconds']:,.0f} s" in README
+    assert f"trained in **{result['train_seconds']:,.0f} s" in RESULTS_PAGE
     assert (f"**{result['clean_accuracy']:.1%} clean and {result['worst_case']['0.3']:.1%} under the standard "
-            "AutoAttack at eps 0.3**") in README
+            "AutoAttack at eps 0.3**") in RESULTS_PAGE
 
 
-def test_readme_certified_and_adaptive_tables_are_their_json():
+def test_results_page_certified_and_adaptive_tables_are_their_json():
     from helpers import load_script
     table = load_script(REPO / "training" / "certified_table.py")
     adaptive = load_script(REPO / "training" / "adaptive_study.py")
@@ -81,9 +81,33 @@ def test_readme_certified_and_adaptive_tables_are_their_json():
         assert row["sanity"]["passed"] and row["n_verified"] == 10000 and row["n_autoattack"] >= 1000
         assert all(row["verified"][k] <= row["verified_ibp"][k] + row["verified_crown_ibp"][k] for k in row["verified"])
         assert row["verified_on_autoattack_points"]["0.3"] <= row["autoattack"]["0.3"]  # sound: never above
-        assert table.readme_row(name, row) in README, name
+        assert table.readme_row(name, row) in RESULTS_PAGE, name
     report = json.loads((REPO / "training" / "results" / "score_study" / "adaptive.json").read_text())
-    assert adaptive.readme_rows(report) in README
+    assert adaptive.readme_rows(report) in RESULTS_PAGE
     for result in report.values():  # the certificate is never beaten inside its radius
         assert all(b["scores"]["certified_radius"]["successes_within_certified_radius"] == 0
                    for b in result["attacks"].values())
+
+
+def test_readme_headline_results_are_their_json():
+    """The README's few headline cells, formatted from the same JSON the results page quotes."""
+    from tfrobust.paper import ATTACKS, EPS, PAPER_TABLE1
+
+    readme = (REPO / "README.md").read_text()
+    hour = json.loads((REPO / "training" / "results" / "one_cpu_hour" / "eval.json").read_text())
+    assert (f"{hour['clean_accuracy']:.1%} clean, {hour['worst_case']['0.3']:.1%} under the standard AutoAttack "
+            f"at eps 0.3 (first {hour['n']:,} test images) | {hour['train_seconds']:,.0f} s on 2 CPU cores") in readme
+    ibp = json.loads((REPO / "training" / "results" / "certified" / "table.json").read_text())["mnist_ibp"]
+    assert (f"{100 * ibp['clean']:.2f}% clean, {100 * ibp['verified']['0.3']:.2f}% verified at eps 0.3 "
+            f"(all {ibp['n_verified']:,} test images)") in readme
+    curvature = json.loads((REPO / "training" / "results" / "table1.json").read_text())["models"][
+        "decision_jacobian_curvature"]
+    paper = PAPER_TABLE1["decision_jacobian"]
+    cells = sum(curvature["attacks"][a][e] >= paper[a][e] for a in ATTACKS for e in EPS)
+    assert f"{100 * curvature['clean_accuracy']:.2f}% clean, {cells} of Table 1's 9 cells at or above" in readme
+    art = load("autoattack_vs_art.json")
+    assert (f"{art['tfrobust']['robust_accuracy']:.1%} robust accuracy for both, ours {art['speedup']:.2f}x faster "
+            f"| {art['n']} images") in readme and art["art"]["robust_accuracy"] == art["tfrobust"]["robust_accuracy"]
+    speed = load("attack_speed.json")["ratios"]
+    assert (f"0.{round(speed['tfrobust_over_limit'] * 1000):03d} of the physical limit, "
+            f"{speed['tfrobust_over_art']:.1f}x ART's speed") in readme

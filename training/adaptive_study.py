@@ -163,7 +163,7 @@ def worst_case(result: dict, score: str) -> tuple[float, float] | None:
 
 
 def readme_rows(report: dict) -> str:
-    """The README's table rows, one per model (tests check that the README quotes the JSON)."""
+    """docs/results.md's table rows, one per model (tests check that the page quotes the JSON)."""
     rows = []
     for name, result in report.items():
         success = max(b["success_rate"] for b in result["attacks"].values())

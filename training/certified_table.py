@@ -71,7 +71,7 @@ def evaluate_run(name: str, run: Path, args) -> dict:
 
 
 def readme_row(name: str, row: dict) -> str:
-    """The README's table row for one model (tests check that the README quotes the JSON)."""
+    """docs/results.md's table row for one model (tests check that the page quotes the JSON)."""
     v = row["verified"]
     hours = f"{row['train_seconds'] / 3600:.2f}" if row.get("train_seconds") else "?"
     return (f"| `{name}` | {100 * row['clean']:.2f} | " + " / ".join(f"{100 * v[k]:.2f}" for k in sorted(v))

@@ -44,7 +44,8 @@ _PREDICT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def predict_labels(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's predicted class of every example (one trace per model and input shape)."""
+    """The class ``model`` predicts for each image of ``x``, in batches of ``batch_size`` (one trace
+    per model and input shape)."""
     table = _PREDICT.setdefault(model, {})
     key = (x.shape[1:], x.dtype.str)
     if key not in table:

@@ -50,10 +50,12 @@ class Term:
         raise NotImplementedError
 
     def get_config(self) -> dict:
+        """The constructor's arguments, for Keras serialisation (subclasses add theirs)."""
         return {}
 
     @classmethod
     def from_config(cls, config: dict):
+        """The term that :meth:`get_config` describes."""
         return cls(**config)
 
     def __add__(self, other) -> "Objective":
@@ -218,10 +220,12 @@ class Objective:
         return NotImplemented
 
     def get_config(self) -> dict:
+        """The serialised terms, for Keras serialisation."""
         return {"terms": [keras.saving.serialize_keras_object(t) for t in self.terms]}
 
     @classmethod
     def from_config(cls, config: dict) -> "Objective":
+        """The objective that :meth:`get_config` describes."""
         return cls(config["terms"])
 
     def __repr__(self) -> str:
