@@ -46,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prediction (bisection within the clip range)")
     parser.add_argument("--certify-tolerance", type=float, default=1.0 / 512,
                         help="bisection tolerance of certified_radius, in input units (default 1/512)")
+    parser.add_argument("--smoothing", type=float, default=None, metavar="SIGMA",
+                        help="also serve the 'smoothed' signature: the randomized-smoothing classifier at this "
+                             "noise level with its certified L2 radius (Cohen et al.'s CERTIFY)")
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="estimation draws per example of the smoothed signature (default 1000)")
+    parser.add_argument("--selection-samples", type=int, default=100,
+                        help="selection draws per example of the smoothed signature (default 100)")
+    parser.add_argument("--alpha", type=float, default=0.001,
+                        help="failure probability of each served smoothing certificate (default 0.001)")
+    parser.add_argument("--smoothing-seed", type=int, default=None,
+                        help="fix the smoothing noise seed (default: a fresh seed per request)")
     parser.add_argument("--calibration-split", default="train",
                         help="split to calibrate on (default train: its last examples, which the recipes "
                              "hold out for validation)")
@@ -88,7 +99,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--certify-tolerance={args.certify_tolerance} must be > 0")
         clip = getattr(model, "clip", None) or (0.0, 1.0)
         certify = certify_settings(args.certify, clip, args.certify_tolerance)
+    smoothing = None
+    if args.smoothing is not None:
+        from tfrobust.serving.export import smoothing_settings  # pylint: disable=import-outside-toplevel
+        try:
+            smoothing = smoothing_settings(args.smoothing, args.samples, args.alpha, args.selection_samples,
+                                           seed=args.smoothing_seed)
+        except ValueError as err:  # name the flag, not the parameter
+            raise ValueError(f"--smoothing {args.smoothing} --samples {args.samples} --selection-samples "
+                             f"{args.selection_samples} --alpha {args.alpha}: {err}") from None
     path = export_saved_model(model, args.out, version=args.version, norm=args.norm,
-                              input_shape=args.input_shape, calibration=calibration, certify=certify)
+                              input_shape=args.input_shape, calibration=calibration, certify=certify,
+                              smoothing=smoothing)
     print(path)
     return 0

@@ -44,12 +44,18 @@ from tfrobust import bounds, losses, norms
 from tfrobust.attacks.base import check_clip
 from tfrobust.models import load_model as load_keras_model
 from tfrobust.models import unwrap
+from tfrobust.smoothing import core as smoothing_core
+from tfrobust.smoothing.stats import check_alpha
+from tfrobust.utils import check_positive, check_positive_int
 
 __all__ = [
     "INPUT_NAME",
     "SERVING_OUTPUTS",
     "ROBUSTNESS_OUTPUTS",
     "SIGNATURES",
+    "SMOOTHED_OUTPUTS",
+    "smoothing_settings",
+    "smoothed_outputs",
     "METADATA_PATH",
     "serving_outputs",
     "robustness_outputs",
@@ -78,7 +84,12 @@ ROBUSTNESS_OUTPUTS = (
 """Outputs of ``robustness`` (docs/architecture.md)."""
 
 SIGNATURES = ("serving_default", "robustness")
-"""Signature names, in registration order (plain prediction first, docs/architecture.md)."""
+"""Signature names, in registration order (plain prediction first, docs/architecture.md); an
+export with ``smoothing`` adds ``smoothed``."""
+
+SMOOTHED_OUTPUTS = ("smoothed_class", "certified_radius_l2", "p_a_lower")
+"""Outputs of ``smoothed``: the smoothed classifier's class (-1 = abstain), its certified L2 radius
+and the lower confidence bound on the top class's probability (Cohen et al.'s CERTIFY)."""
 
 METADATA_PATH = "assets.extra/tfrobust.json"
 """Export description inside a version folder (TF Serving ignores it)."""
@@ -196,6 +207,45 @@ def certify_settings(method: str, clip: Sequence[float] = (0.0, 1.0), tolerance:
             "meaning": f"the largest L∞ radius (bisection, {steps} steps, tolerance {float(tolerance):.3g}) at "
                        f"which {method} proves predicted_class for every input of the ball within the clip "
                        "range; 0 where it proves none"}
+
+
+def smoothing_settings(sigma: float, n: int = 1000, alpha: float = 0.001, n0: int = 100,
+                       batch_size: int = 1000, seed: int | None = None) -> dict:
+    """Checked settings of a served ``smoothed`` signature, as written to the version's metadata.
+
+    Args:
+        sigma: the noise level the base classifier was trained for.
+        n: estimation draws per example (Cohen et al.'s ``n``).
+        alpha: each certificate fails with probability at most ``alpha``.
+        n0: selection draws per example.
+        batch_size: noisy inputs per forward pass inside the signature.
+        seed: ``None`` draws a fresh noise seed per request (the certificate's guarantee is over
+            that draw); an integer fixes it, so a request's answer equals
+            :func:`tfrobust.smoothing.certify` with that seed.
+
+    Raises:
+        ValueError: naming a bad value.
+    """
+    sigma = check_positive("sigma", sigma)
+    n, n0, batch_size = (check_positive_int(k, v) for k, v in (("n", n), ("n0", n0), ("batch_size", batch_size)))
+    alpha = check_alpha(alpha)
+    if seed is not None:
+        seed = smoothing_core.check_seed(seed)
+    return {"sigma": sigma, "n": n, "alpha": alpha, "n0": n0, "batch_size": batch_size, "seed": seed,
+            "norm": "l2", "noise": "fresh per request" if seed is None else f"fixed seed {seed}",
+            "meaning": f"Cohen et al.'s CERTIFY with {n0} selection and {n} estimation draws of "
+                       f"N(0, {sigma:g}^2 I): smoothed_class is constant within certified_radius_l2 (L2) "
+                       f"with probability at least {1 - alpha:g}; -1 = abstain (radius 0)"}
+
+
+def smoothed_outputs(model: Callable, x: tf.Tensor, smoothing: dict, num_classes: int) -> dict[str, tf.Tensor]:
+    """Outputs of the ``smoothed`` signature (:data:`SMOOTHED_OUTPUTS`), from :func:`smoothing_settings`."""
+    seed = smoothing["seed"]
+    seed = (tf.random.uniform([], 0, smoothing_core.MAX_SEED, dtype=tf.int64) if seed is None
+            else tf.constant(seed, tf.int64))
+    return smoothing_core.certify_graph(unwrap(model), tf.convert_to_tensor(x, tf.float32), smoothing["sigma"],
+                              smoothing["n0"], smoothing["n"], smoothing["alpha"], smoothing["batch_size"],
+                              seed, num_classes)
 
 
 def conformal_factor(distance, statistic, coverage: float) -> float:
@@ -414,7 +464,8 @@ def infer_input_shape(model: keras.Model) -> tuple[int, ...]:
 
 
 def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, norm: str,
-              version: int, calibration: dict | None = None, certify: dict | None = None) -> dict:
+              version: int, calibration: dict | None = None, certify: dict | None = None,
+              smoothing: dict | None = None) -> dict:
     import tfrobust
 
     robustness = (list(ROBUSTNESS_OUTPUTS) + (["estimated_radius"] if calibration else [])
@@ -440,6 +491,9 @@ def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, 
         meta["estimated_radius"] = dict(calibration)
     if certify:
         meta["certified_radius"] = dict(certify)
+    if smoothing:
+        meta["signatures"]["smoothed"] = list(SMOOTHED_OUTPUTS)
+        meta["smoothed"] = dict(smoothing)
     return meta
 
 
@@ -452,6 +506,7 @@ def export_saved_model(
     input_shape: Sequence[int] | None = None,
     calibration: dict | None = None,
     certify: dict | None = None,
+    smoothing: dict | None = None,
 ) -> str:
     """Exports ``model`` as ``base_path/<version>/`` for TF Serving, atomically.
 
@@ -468,6 +523,8 @@ def export_saved_model(
         certify: from :func:`certify_settings`: the ``robustness`` signature then also
             returns ``certified_radius`` (the model must be one that bounds can pass:
             Sequential or functional, supported layers), recorded in the metadata.
+        smoothing: from :func:`smoothing_settings`: adds the ``smoothed`` signature, the
+            randomized-smoothing classifier of the model with its certified L2 radius.
 
     Returns:
         The version folder, ``base_path/<version>``.
@@ -494,6 +551,9 @@ def export_saved_model(
         certify = certify_settings(certify["method"], certify.get("clip", (0.0, 1.0)),
                                    certify.get("tolerance", 1.0 / 512), certify.get("max_eps"))
         bounds.graph_of(unwrap(model))  # refuses an unsupported layer by name before anything is written
+    if smoothing is not None:
+        smoothing = smoothing_settings(**{k: smoothing[k] for k in ("sigma", "n", "alpha", "n0", "batch_size",
+                                                                     "seed") if k in smoothing})
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                                 or version < 0):
         raise ValueError(f"version={version!r} must be a non-negative integer")
@@ -523,13 +583,17 @@ def export_saved_model(
     archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic,
                                                                         certify),
                          [spec])
+    if smoothing is not None:
+        archive.add_endpoint("smoothed", lambda inputs: smoothed_outputs(model, inputs, smoothing, num_classes),
+                             [spec])
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
     try:
         archive.write_out(str(tmp), verbose=False)
         meta = tmp / METADATA_PATH
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration, certify),
+        meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration, certify,
+                                                   smoothing),
                                          indent=2))
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
         _fsync_tree(tmp)

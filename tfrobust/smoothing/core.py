@@ -11,7 +11,8 @@ from scipy import stats
 
 from tfrobust import losses
 from tfrobust.attacks.base import prepare_inputs
-from tfrobust.smoothing.stats import binomial_test_two_sided, check_alpha, clopper_pearson_lower
+from tfrobust.smoothing.stats import (binomial_test_two_sided, check_alpha, clopper_pearson_lower,
+                                      clopper_pearson_lower_tf)
 from tfrobust.utils import check_positive, check_positive_int
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "certify",
     "smoothed_radius",
     "certified_accuracy",
+    "certify_graph",
 ]
 
 ABSTAIN = -1
@@ -220,3 +222,36 @@ def certified_accuracy(radii, correct, radii_grid) -> np.ndarray:
     if np.any(grid < 0) or np.any(~np.isfinite(grid)):
         raise ValueError(f"radii_grid={radii_grid!r} must be finite and non-negative")
     return (correct[None, :] & (radii[None, :] >= grid[:, None])).mean(axis=1)
+
+
+def certify_graph(model: Callable, x: tf.Tensor, sigma: float, n0: int, n: int, alpha: float,
+                  batch_size: int, seed: tf.Tensor, num_classes: int) -> dict[str, tf.Tensor]:
+    """:func:`certify` in TensorFlow ops only, for the served ``smoothed`` signature.
+
+    The same draws as :func:`certify` for the same integer ``seed`` (example ``i`` of ``x`` is
+    example ``i`` of the noise), and the Clopper–Pearson bound by bisection
+    (:func:`~tfrobust.smoothing.stats.clopper_pearson_lower_tf`).
+
+    Args:
+        model: the base classifier (logits).
+        x: float32 inputs ``[B, ...]`` (static per-example shape).
+        sigma, n0, n, alpha, batch_size: as :func:`certify` (Python numbers, checked by the caller).
+        seed: an int64 scalar tensor (a fixed seed, or one drawn per request).
+        num_classes: the model's number of classes.
+
+    Returns:
+        ``{"smoothed_class": int64 [B] (ABSTAIN = -1), "certified_radius_l2": float32 [B],
+        "p_a_lower": float32 [B]}``.
+    """
+    count = _counter(model, num_classes, tf.TensorSpec(x.shape[1:], x.dtype))
+    common = (tf.constant(batch_size, tf.int64), tf.cast(seed, tf.int64))
+    sigma_t = tf.constant(sigma, x.dtype)
+    selection = count(x, sigma_t, tf.constant(n0, tf.int64), *common, tf.constant(SELECTION, tf.int64))
+    guess = tf.argmax(selection, axis=1, output_type=tf.int64)
+    estimation = count(x, sigma_t, tf.constant(n, tf.int64), *common, tf.constant(ESTIMATION, tf.int64))
+    k = tf.gather(estimation, guess, axis=1, batch_dims=1)
+    p_lower = clopper_pearson_lower_tf(k, n, alpha)
+    certified = p_lower >= 0.5
+    radius = tf.where(p_lower > 0.5, sigma * tf.math.ndtri(tf.clip_by_value(p_lower, 0.5, 1.0)), 0.0)
+    return {"smoothed_class": tf.where(certified, guess, tf.constant(ABSTAIN, tf.int64)),
+            "certified_radius_l2": tf.cast(radius, tf.float32), "p_a_lower": tf.cast(p_lower, tf.float32)}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["check_alpha", "clopper_pearson_lower", "binomial_test_two_sided"]
+__all__ = ["check_alpha", "clopper_pearson_lower", "clopper_pearson_lower_tf", "binomial_test_two_sided"]
+
+BISECTION_STEPS = 60
+"""Halvings of ``[0, 1]`` in :func:`clopper_pearson_lower_tf`: 2^-60, below float64's resolution near 1."""
 
 
 def check_alpha(alpha) -> float:
@@ -26,6 +29,32 @@ def _counts(k, n) -> tuple[np.ndarray, np.ndarray]:
     if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
         raise ValueError(f"counts need 0 <= k <= n and n >= 1, got k={k!r}, n={n!r}")
     return k.astype(np.float64), n.astype(np.float64)
+
+
+def clopper_pearson_lower_tf(k, n, alpha: float):
+    """:func:`clopper_pearson_lower` in TensorFlow ops, for a served signature (float64).
+
+    TF has the regularised incomplete beta ``I_p(a, b)`` (``tf.math.betainc``) but not its inverse:
+    the bound ``L`` solves ``I_L(k, n - k + 1) = alpha`` (``P(Binomial(n, L) >= k) = alpha``), and
+    ``I_p`` increases with ``p``, so :data:`BISECTION_STEPS` halvings of ``[0, 1]`` find it; the
+    result is the lower end of the last bracket, never above the exact bound.
+
+    Args:
+        k: successes, an integer tensor ``[B]``.
+        n: trials, a Python int or integer scalar.
+        alpha: a float in ``(0, 1)``.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (the numpy API needs no TF)
+
+    k = tf.cast(k, tf.float64)
+    n = tf.cast(n, tf.float64)
+    a, b = tf.maximum(k, 1.0), n - k + 1.0
+    low, high = tf.zeros_like(k), tf.ones_like(k)
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (low + high)
+        above = tf.math.betainc(a, b, mid) > alpha
+        low, high = tf.where(above, low, mid), tf.where(above, mid, high)
+    return tf.where(k > 0, low, tf.zeros_like(low))
 
 
 def clopper_pearson_lower(k, n, alpha: float) -> np.ndarray:
