@@ -83,11 +83,17 @@ def command_line(argv: list[str]) -> str:
 
 
 class ServerProcess:
-    """``python -m tfrobust serve`` in a subprocess on a free loopback port."""
+    """``python -m tfrobust serve`` in a subprocess on a free loopback port.
 
-    def __init__(self, models: dict[str, str], extra: list[str] = (), poll_seconds: float = 1.0):
+    With ``grpc=True`` it also serves gRPC on a free port (``grpc_target``); otherwise
+    ``--no-grpc`` (``grpc_target`` is ``None``).
+    """
+
+    def __init__(self, models: dict[str, str], extra: list[str] = (), poll_seconds: float = 1.0,
+                 grpc: bool = False):
         args = [sys.executable, "-m", "tfrobust", "serve", "--port", "0", "--log-level", "warning",
-                "--poll-seconds", str(poll_seconds), *extra]
+                "--poll-seconds", str(poll_seconds), *(["--grpc-port", "0"] if grpc else ["--no-grpc"]),
+                *extra]
         for name, base in models.items():
             args += ["--model", f"{name}={base}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
@@ -99,12 +105,15 @@ class ServerProcess:
 
     def _read_url(self, timeout: float = 120) -> str:
         found: list[str] = []
+        self.grpc_target: str | None = None
 
         def reader():
             for line in self.proc.stdout:
                 m = re.search(r"listening on (http://\S+)", line)
                 if m:
                     found.append(m.group(1))
+                    g = re.search(r"gRPC on (\S+)", line)
+                    self.grpc_target = g.group(1) if g else None
                     return
 
         thread = threading.Thread(target=reader, daemon=True)
