@@ -547,6 +547,22 @@ def compare_transports(server: ServerProcess, shape: tuple[int, ...], args: argp
     }
 
 
+def grpc_readme_table(block: dict[str, Any]) -> str:
+    """The gRPC-beside-REST table of serving/README.md, from the ``grpc`` block of the JSON."""
+    def ms(v: float) -> str:
+        return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+    rest = block["rest_same_run"]
+    lines = ["| signature | batch | gRPC p50 ms | gRPC images/s | REST p50 ms (same run) | REST images/s "
+             "| gRPC / REST p50 |", "|---|---|---|---|---|---|---|"]
+    for b in (str(b) for b in BATCHES):
+        for s in SIGNATURES:
+            lines.append(f"| `{s}` | {b} | {ms(block['latency_ms'][s][b]['p50'])} | "
+                         f"{block['throughput_per_s'][s][b]:.0f} | {ms(rest['latency_ms'][s][b]['p50'])} | "
+                         f"{rest['throughput_per_s'][s][b]:.0f} | {block['grpc_over_rest_p50'][s][b]:.2f} |")
+    return "\n".join(lines)
+
+
 def compare_batching(base: Path, bodies: dict, args: argparse.Namespace) -> dict[str, Any]:
     """Batch-1 throughput (images/s, median of rounds) with the server's batching on and off."""
     out: dict[str, Any] = {"clients": args.clients, "requests_per_run": args.requests_1}
