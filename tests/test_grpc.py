@@ -348,3 +348,41 @@ def test_cli_serves_grpc_and_shuts_down_cleanly(base):
         assert out["logits"].shape == (2, 10)
         proc.proc.send_signal(signal.SIGINT)
         assert proc.proc.wait(timeout=30) == 0  # both ports closed, exit status 0
+
+
+def test_mutated_requests_get_a_known_code_and_the_server_stays_up(running, stub):
+    """200 valid protos with random dtypes (known and unknown enum values), shapes, contents and
+    specs: every answer is OK or one of TF Serving's request codes, never INTERNAL or UNKNOWN.
+    Then raw bytes that are no PredictRequest at all; the server still answers afterwards."""
+    rng = np.random.default_rng(0)
+    allowed = {grpc.StatusCode.OK, INVALID, NOT_FOUND, PRECONDITION, EXHAUSTED}
+    seen = set()
+    for _ in range(200):
+        request = request_for(GOOD, str(rng.choice(["", "robustness", "serving_default", "x"])))
+        tensor = request.inputs["inputs"]
+        if rng.random() < 0.5:
+            tensor.dtype = int(rng.choice([0, 1, 2, 3, 7, 9, 10, 19, 99]))
+        if rng.random() < 0.5:
+            del tensor.tensor_shape.dim[:]
+            for _ in range(rng.integers(0, 6)):
+                tensor.tensor_shape.dim.add().size = int(rng.choice([-1, 0, 1, 2, 8, 3, 2**40]))
+        if rng.random() < 0.4:
+            tensor.tensor_content = rng.bytes(int(rng.integers(0, 600)))
+        if rng.random() < 0.3:
+            tensor.float_val.extend(rng.uniform(-1, 2, int(rng.integers(0, 70))).tolist())
+        if rng.random() < 0.2:
+            tensor.tensor_shape.unknown_rank = True
+        if rng.random() < 0.2:
+            request.model_spec.version.value = int(rng.integers(-2, 3))
+        try:
+            stub.Predict(request, timeout=30)
+            seen.add(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            assert err.code() in allowed, (err.code(), err.details(), request)
+            seen.add(err.code())
+    assert {grpc.StatusCode.OK, INVALID, PRECONDITION} <= seen
+    raw = grpc.insecure_channel(running.grpc_target).unary_unary("/tensorflow.serving.PredictionService/Predict")
+    for size in (1, 7, 100, 5000):
+        with pytest.raises(grpc.RpcError):
+            raw(b"\xff" * size, timeout=30)
+    assert GrpcClient(running.grpc_target, "clf").robustness(GOOD)["margin"].shape == (1,)
