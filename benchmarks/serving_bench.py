@@ -729,9 +729,12 @@ def main(argv: list[str] | None = None) -> int:
                   for s in SIGNATURES}
     ratio = {str(b): round(latency["robustness"][str(b)]["p50"] / latency["serving_default"][str(b)]["p50"], 3)
              for b in BATCHES}
+    from tfrobust.utils import source_commit
+
     report = {
         "hardware": hardware(),
         "command": command,
+        "commit": source_commit(),
         "latency_ms": latency,
         "throughput_per_s": throughput,
         "robustness_over_default": ratio,
