@@ -386,3 +386,24 @@ def test_mutated_requests_get_a_known_code_and_the_server_stays_up(running, stub
         with pytest.raises(grpc.RpcError):
             raw(b"\xff" * size, timeout=30)
     assert GrpcClient(running.grpc_target, "clf").robustness(GOOD)["margin"].shape == (1,)
+
+
+def test_broken_version_is_end_over_grpc_and_not_found_for_predict(tmp_path):
+    base = tmp_path / "m"
+    export.export_saved_model(small_cnn(0), base)
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"not a saved model")
+    with server.start_server(server.ServerConfig({"m": str(base)}, port=0, grpc_port=0)) as s:
+        channel = grpc.insecure_channel(s.grpc_target)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "m"
+        states = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        by_version = {v.version: v for v in states.model_version_status}
+        assert by_version[1].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert by_version[2].state == get_model_status_pb2.ModelVersionStatus.END
+        assert by_version[2].status.error_code == 2 and by_version[2].status.error_message  # UNKNOWN, why
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert rpc_error(stub.Predict, request_for(GOOD, model="m", version=2)) == (
+            NOT_FOUND, "Servable not found for request: Specific(m, 2)")
+        assert stub.Predict(request_for(GOOD, model="m"), timeout=30).model_spec.version.value == 1
+        channel.close()
