@@ -12,7 +12,10 @@ random weights: latency does not depend on the weights), starts
 * a fuzz run: schemathesis cases generated from the server's OpenAPI
   description plus hypothesis-generated near-valid predict bodies (must give
   no 5xx, and the server must still be up afterwards);
-* the model-only cost of each signature (SavedModel called in-process).
+* the model-only cost of each signature (SavedModel called in-process);
+* the same latency and throughput over TF Serving's gRPC port of the same server
+  (``PredictionService/Predict``), beside REST in the same rounds (``grpc`` in the
+  JSON; ``--grpc-only`` measures just that and adds it to an existing ``--out``).
 
 It prints the command that reproduces it and writes ``--out`` (default
 ``benchmarks/results/serving.json``). Everything is bounded in count and time
@@ -22,6 +25,7 @@ Usage::
 
     python benchmarks/serving_bench.py                 # the committed figures
     python benchmarks/serving_bench.py --quick         # a smoke run (seconds)
+    python benchmarks/serving_bench.py --grpc-only     # gRPC beside REST, added to the JSON
 """
 
 from __future__ import annotations
@@ -83,11 +87,17 @@ def command_line(argv: list[str]) -> str:
 
 
 class ServerProcess:
-    """``python -m tfrobust serve`` in a subprocess on a free loopback port."""
+    """``python -m tfrobust serve`` in a subprocess on a free loopback port.
 
-    def __init__(self, models: dict[str, str], extra: list[str] = (), poll_seconds: float = 1.0):
+    With ``grpc=True`` it also serves gRPC on a free port (``grpc_target``); otherwise
+    ``--no-grpc`` (``grpc_target`` is ``None``).
+    """
+
+    def __init__(self, models: dict[str, str], extra: list[str] = (), poll_seconds: float = 1.0,
+                 grpc: bool = False):
         args = [sys.executable, "-m", "tfrobust", "serve", "--port", "0", "--log-level", "warning",
-                "--poll-seconds", str(poll_seconds), *extra]
+                "--poll-seconds", str(poll_seconds), *(["--grpc-port", "0"] if grpc else ["--no-grpc"]),
+                *extra]
         for name, base in models.items():
             args += ["--model", f"{name}={base}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
@@ -99,12 +109,15 @@ class ServerProcess:
 
     def _read_url(self, timeout: float = 120) -> str:
         found: list[str] = []
+        self.grpc_target: str | None = None
 
         def reader():
             for line in self.proc.stdout:
                 m = re.search(r"listening on (http://\S+)", line)
                 if m:
                     found.append(m.group(1))
+                    g = re.search(r"gRPC on (\S+)", line)
+                    self.grpc_target = g.group(1) if g else None
                     return
 
         thread = threading.Thread(target=reader, daemon=True)
@@ -143,12 +156,13 @@ def predict_body(images: np.ndarray, signature: str) -> bytes:
     return json.dumps({"signature_name": signature, "inputs": images.tolist()}).encode()
 
 
-def run_load(url: str, model: str, body: bytes, requests: int, clients: int) -> dict[str, Any]:
-    """Sends ``requests`` copies of ``body`` from ``clients`` threads; returns timings."""
-    from tfrobust.client import RestClient
+def _timed_clients(connect: Callable[[], tuple[Callable[[], str | None], Callable[[], None]]],
+                   requests: int, clients: int) -> dict[str, Any]:
+    """Sends ``requests`` requests from ``clients`` threads; returns timings.
 
-    client = RestClient(url, model)
-    path = f"/v1/models/{model}:predict"
+    ``connect()`` runs in each thread before the clock starts and returns ``(send, close)``:
+    ``send()`` makes one request and returns ``None`` or an error description.
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -157,18 +171,15 @@ def run_load(url: str, model: str, body: bytes, requests: int, clients: int) -> 
 
     def worker(n: int) -> None:
         mine, bad = [], []
-        client.request("GET", f"/v1/models/{model}")  # open the keep-alive connection
+        send, close = connect()
         barrier.wait()
         for _ in range(n):
             t0 = time.perf_counter()
-            try:
-                status, raw = client.request("POST", path, body)
-                if status != 200:
-                    bad.append(f"HTTP {status}: {raw[:200]!r}")
-            except OSError as err:
-                bad.append(repr(err))
+            problem = send()
+            if problem is not None:
+                bad.append(problem)
             mine.append(time.perf_counter() - t0)
-        client.close()
+        close()
         with lock:
             latencies.extend(mine)
             errors.extend(bad)
@@ -185,6 +196,61 @@ def run_load(url: str, model: str, body: bytes, requests: int, clients: int) -> 
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "requests_per_s": requests / wall, "wall_s": wall, "errors": errors,
             "requests": requests}
+
+
+def run_load(url: str, model: str, body: bytes, requests: int, clients: int) -> dict[str, Any]:
+    """Sends ``requests`` copies of ``body`` from ``clients`` threads over REST; returns timings."""
+    from tfrobust.client import RestClient
+
+    client = RestClient(url, model)
+    path = f"/v1/models/{model}:predict"
+
+    def connect():
+        client.request("GET", f"/v1/models/{model}")  # open this thread's keep-alive connection
+
+        def send():
+            try:
+                status, raw = client.request("POST", path, body)
+            except OSError as err:
+                return repr(err)
+            return None if status == 200 else f"HTTP {status}: {raw[:200]!r}"
+        return send, client.close
+
+    return _timed_clients(connect, requests, clients)
+
+
+def grpc_request(images: np.ndarray, signature: str, model: str = "bench") -> bytes:
+    """A serialized ``PredictRequest`` (what :func:`predict_body` is for REST)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(images))
+    return request.SerializeToString()
+
+
+def run_grpc_load(target: str, request: bytes, requests: int, clients: int) -> dict[str, Any]:
+    """Sends ``requests`` copies of a serialized PredictRequest from ``clients`` threads, one
+    channel each, over gRPC; returns timings. Like :func:`run_load`, the body is encoded once
+    and the answer is not decoded, so both transports time the round trip and the server."""
+    import grpc
+
+    def connect():
+        channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)])
+        grpc.channel_ready_future(channel).result(timeout=30)
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")  # bytes in, bytes out
+
+        def send():
+            try:
+                predict(request, timeout=60)
+            except grpc.RpcError as err:
+                return f"{err.code().name}: {str(err.details())[:200]}"
+            return None
+        return send, channel.close
+
+    return _timed_clients(connect, requests, clients)
 
 
 # -- fuzz --------------------------------------------------------------------------------------
@@ -427,6 +493,76 @@ def certified_latency(model, shape: tuple[int, ...], args: argparse.Namespace, c
     return result
 
 
+def compare_transports(server: ServerProcess, shape: tuple[int, ...], args: argparse.Namespace,
+                       command: str) -> dict[str, Any]:
+    """REST and gRPC on one server, same model, signatures and batches: p50/p99 latency and
+    images/s, each the median over ``args.repeats`` rounds; within a round the transports
+    alternate order, so both see the same machine load."""
+    from tfrobust.utils import source_commit
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    arrays = {(s, b): rng.uniform(0, 1, (b, *shape)).astype(np.float32) for s in SIGNATURES for b in BATCHES}
+    rest = {k: predict_body(x, k[0]) for k, x in arrays.items()}
+    rpc = {k: grpc_request(x, k[0]) for k, x in arrays.items()}
+    runners = {"rest": lambda k, n: run_load(server.url, "bench", rest[k], n, args.clients),
+               "grpc": lambda k, n: run_grpc_load(server.grpc_target, rpc[k], n, args.clients)}
+    for k in arrays:  # warm-up: traces, allocations, connections
+        for run in runners.values():
+            run(k, 2 * args.clients)
+    runs: dict[tuple, list] = collections.defaultdict(list)
+    for r in range(args.repeats):
+        for b in BATCHES:
+            for s in SIGNATURES:
+                for transport in (("rest", "grpc") if r % 2 == 0 else ("grpc", "rest")):
+                    res = runners[transport]((s, b), args.requests_1 if b == 1 else args.requests_64)
+                    runs[(transport, s, b)].append(res)
+                    print(f"round {r + 1}: {transport:>4} {s:>15} batch {b:>2}: p50 {res['p50']:7.2f} ms  "
+                          f"{res['requests_per_s'] * b:8.1f} images/s  errors {len(res['errors'])}", flush=True)
+
+    def med(t, s, b, key):
+        return float(np.median([x[key] for x in runs[(t, s, b)]]))
+
+    table = {t: {"latency_ms": {s: {str(b): {"p50": round(med(t, s, b, "p50"), 3), "p99": round(med(t, s, b, "p99"), 3)}
+                                    for b in BATCHES} for s in SIGNATURES},
+                 "throughput_per_s": {s: {str(b): round(med(t, s, b, "requests_per_s") * b, 1) for b in BATCHES}
+                                      for s in SIGNATURES}} for t in runners}
+    every = [x for v in runs.values() for x in v]
+    return {
+        **table["grpc"],
+        "rest_same_run": table["rest"],
+        "grpc_over_rest_p50": {s: {str(b): round(med("grpc", s, b, "p50") / med("rest", s, b, "p50"), 3)
+                                   for b in BATCHES} for s in SIGNATURES},
+        "load": {"requests": sum(x["requests"] for x in every), "errors": sum(len(x["errors"]) for x in every),
+                 "error_samples": [e for x in every for e in x["errors"]][:5]},
+        "command": command, "commit": source_commit(), "hardware": hardware(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "settings": {"clients": args.clients, "requests_per_run": {"1": args.requests_1, "64": args.requests_64},
+                     "repeats": args.repeats, "batching": not args.no_batching,
+                     "transport": "gRPC: official PredictionService/Predict, float32 tensor_content, one "
+                                  "channel per client; REST: HTTP/1.1 keep-alive JSON columnar 'inputs'; "
+                                  "both send a body encoded once and do not decode the answer; one "
+                                  "`tfrobust serve` process on 127.0.0.1 serving both ports"},
+        "ratio_definition": "gRPC p50 latency / REST p50 latency, same signature and batch, same run",
+    }
+
+
+def grpc_readme_table(block: dict[str, Any]) -> str:
+    """The gRPC-beside-REST table of serving/README.md, from the ``grpc`` block of the JSON."""
+    def ms(v: float) -> str:
+        return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+    rest = block["rest_same_run"]
+    lines = ["| signature | batch | gRPC p50 ms | gRPC images/s | REST p50 ms (same run) | REST images/s "
+             "| gRPC / REST p50 |", "|---|---|---|---|---|---|---|"]
+    for b in (str(b) for b in BATCHES):
+        for s in SIGNATURES:
+            lines.append(f"| `{s}` | {b} | {ms(block['latency_ms'][s][b]['p50'])} | "
+                         f"{block['throughput_per_s'][s][b]:.0f} | {ms(rest['latency_ms'][s][b]['p50'])} | "
+                         f"{rest['throughput_per_s'][s][b]:.0f} | {block['grpc_over_rest_p50'][s][b]:.2f} |")
+    return "\n".join(lines)
+
+
 def compare_batching(base: Path, bodies: dict, args: argparse.Namespace) -> dict[str, Any]:
     """Batch-1 throughput (images/s, median of rounds) with the server's batching on and off."""
     out: dict[str, Any] = {"clients": args.clients, "requests_per_run": args.requests_1}
@@ -493,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certified-only", action="store_true",
                         help="only measure robustness with certified_radius against serving_default in-process, "
                              "and write it under 'certified_radius' in --out, keeping the rest")
+    parser.add_argument("--grpc-only", action="store_true",
+                        help="only measure gRPC beside REST on one server, and write it under 'grpc' in --out, "
+                             "keeping the rest")
+    parser.add_argument("--no-grpc", action="store_true", help="leave the gRPC rows out of a full run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -520,16 +660,29 @@ def main(argv: list[str] | None = None) -> int:
     base = work / "bench"
     version_dir = export_saved_model(model, base, norm=args.norm)
     print(f"exported {version_dir}", flush=True)
+    extra = ["--no-batching"] if args.no_batching else []
+    if args.grpc_only:
+        with ServerProcess({"bench": str(base)}, extra, grpc=True) as server:
+            block = {"model": model_desc, **compare_transports(server, shape, args, command)}
+        shutil.rmtree(work, ignore_errors=True)
+        out = Path(args.out)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        report["grpc"] = block
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: block[k] for k in ("latency_ms", "grpc_over_rest_p50", "load")}, indent=2))
+        print(f"wrote {out}")
+        return 0 if block["load"]["errors"] == 0 else 1
     only = model_only_ms(version_dir, shape, repeats=max(5, 10 * args.repeats))
 
-    extra = ["--no-batching"] if args.no_batching else []
     rng = np.random.default_rng(0)
     bodies = {(s, b): predict_body(rng.uniform(0, 1, (b, *shape)).astype(np.float32), s)
               for s in SIGNATURES for b in BATCHES}
     results: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
     load_requests, load_errors, error_samples = 0, 0, []
-    with ServerProcess({"bench": str(base)}, extra) as server:
-        print(f"server at {server.url}", flush=True)
+    with ServerProcess({"bench": str(base)}, extra, grpc=not args.no_grpc) as server:
+        print(f"server at {server.url}" + (f", gRPC at {server.grpc_target}" if server.grpc_target else ""),
+              flush=True)
         for (s, b), body in bodies.items():  # warm-up: traces, allocations, connections
             run_load(server.url, "bench", body, 2 * args.clients, args.clients)
         for r in range(args.repeats):
@@ -544,6 +697,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {r + 1}: {s:>15} batch {b:>2}: p50 {res['p50']:7.2f} ms  "
                           f"p99 {res['p99']:7.2f} ms  {res['requests_per_s'] * b:8.1f} images/s  "
                           f"errors {len(res['errors'])}", flush=True)
+        transports = None if args.no_grpc else compare_transports(server, shape, args, command)
+        if transports:
+            load_requests += transports["load"]["requests"]
+            load_errors += transports["load"]["errors"]
+            error_samples += transports["load"]["error_samples"]
         fuzz = run_schemathesis_fuzz(server.url, "bench", args.fuzz_cases)
         print(f"schemathesis: {fuzz['cases']} cases, 5xx {fuzz['5xx']}, "
               f"failures {fuzz['failure_count']}, statuses {fuzz['status_counts']}", flush=True)
@@ -571,14 +729,18 @@ def main(argv: list[str] | None = None) -> int:
                   for s in SIGNATURES}
     ratio = {str(b): round(latency["robustness"][str(b)]["p50"] / latency["serving_default"][str(b)]["p50"], 3)
              for b in BATCHES}
+    from tfrobust.utils import source_commit
+
     report = {
         "hardware": hardware(),
         "command": command,
+        "commit": source_commit(),
         "latency_ms": latency,
         "throughput_per_s": throughput,
         "robustness_over_default": ratio,
         "load": {"requests": load_requests, "errors": load_errors},
         "fuzz": {"cases": fuzz["cases"] + near["cases"], "5xx": fuzz["5xx"] + near["5xx"]},
+        **({"grpc": {"model": model_desc, **transports}} if transports else {}),
         "notes": {
             "throughput_unit": "images per second (requests/s x batch)",
             "ratio_definition": "robustness p50 latency / serving_default p50 latency, same batch",

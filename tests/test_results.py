@@ -49,6 +49,16 @@ def test_results_page_quoted_ratios_match_their_json():
     assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in RESULTS_PAGE
 
 
+def test_serving_readme_grpc_table_is_the_json():
+    from serving_bench import grpc_readme_table
+
+    block = load("serving.json")["grpc"]
+    table = grpc_readme_table(block)
+    text = (REPO / "serving" / "README.md").read_text()
+    assert table in text, "serving/README.md's gRPC table differs from benchmarks/results/serving.json:\n" + table
+    assert f"{block['load']['requests']:,} requests, {block['load']['errors']} errors" in text
+
+
 def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_results_page_quotes_its_evaluation():
     from tfrobust.training import load_config
 

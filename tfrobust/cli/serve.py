@@ -1,8 +1,9 @@
-"""``tfrobust serve``: a local server speaking TF Serving's REST API."""
+"""``tfrobust serve``: a local server speaking TF Serving's REST and gRPC APIs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import math
 import sys
@@ -36,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a TF Serving models.config listing models to serve")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8501, help="port (default 8501; 0: any free)")
+    parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501; 0: any free)")
+    grpc = parser.add_mutually_exclusive_group()
+    grpc.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                      help="gRPC port (TF Serving's PredictionService and ModelService; default 8500 "
+                           "when tensorflow-serving-api is installed; 0: any free)")
+    grpc.add_argument("--no-grpc", action="store_true", help="serve REST only")
     parser.add_argument("--max-body-bytes", type=int, default=16 * 2**20,
                         help="largest request body accepted (default 16 MiB)")
     parser.add_argument("--poll-seconds", type=float, default=1.0,
@@ -54,6 +60,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "finite value)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _grpc_port(args: argparse.Namespace) -> int | None:
+    """``--grpc-port`` (required to work), ``--no-grpc``, or 8500 if tensorflow-serving-api is there."""
+    if args.no_grpc:
+        return None
+    installed = importlib.util.find_spec("tensorflow_serving") is not None
+    if args.grpc_port is not None:
+        if not installed:
+            raise ValueError(f"--grpc-port {args.grpc_port} needs tensorflow-serving-api: pip install "
+                             "'tfrobust[grpc]' (or serve REST only with --no-grpc)")
+        return args.grpc_port
+    if not installed:
+        print("tfrobust serve: gRPC port off: tensorflow-serving-api is not installed "
+              "(pip install 'tfrobust[grpc]')", file=sys.stderr)
+        return None
+    return 8500
 
 
 def config_from_args(args: argparse.Namespace):
@@ -76,7 +99,8 @@ def config_from_args(args: argparse.Namespace):
         if not Path(base).is_dir():
             raise FileNotFoundError(f"base path {base!r} of model {name!r} does not exist")
     return ServerConfig(
-        models=models, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
+        models=models, host=args.host, port=args.port, grpc_port=_grpc_port(args),
+        max_body_bytes=args.max_body_bytes,
         poll_seconds=args.poll_seconds, batching=args.batching,
         max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
         num_batch_threads=args.num_batch_threads, input_range=args.input_range)

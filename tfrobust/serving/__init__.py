@@ -1,10 +1,12 @@
-"""Deployment: SavedModel export with a ``robustness`` signature, TF Serving's REST protocol, clients.
+"""Deployment: SavedModel export with a ``robustness`` signature, TF Serving's REST and gRPC APIs, clients.
 
 - :mod:`.export`: atomic SavedModel versions that TF Serving loads;
 - :mod:`.protocol`: TF Serving's REST request/response formats and error envelope;
 - :mod:`.registry`: the served models, their versions and hot reload;
 - :mod:`.batching`: concurrent requests sharing one model call;
+- :mod:`.core`: what both front-ends share: model lookup, status, metadata, batched model calls;
 - :mod:`.app`: the HTTP routes and OpenAPI description;
+- :mod:`.grpc_api`: TF Serving's gRPC services (needs ``tensorflow-serving-api``);
 - :mod:`.config` and :mod:`.server`: the settings and the running server;
 - :mod:`.client`: REST and gRPC clients.
 """

@@ -4,20 +4,16 @@ No ``from __future__ import annotations`` here: FastAPI reads the route function
 at run time, and names imported inside :func:`create_app` are not visible to string annotations.
 """
 
-import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
 from typing import Any
 
-import numpy as np
-
-from tfrobust.serving.batching import Batcher
 from tfrobust.serving.config import ServerConfig
+from tfrobust.serving.core import ServingCore
 from tfrobust.serving.protocol import (MODEL_NAME_RE, NAME_PATTERN, VERSION_PATTERN, ServingError, bad_request,
                                        format_predict_response, parse_predict_request, parse_version)
-from tfrobust.serving.registry import ModelRegistry, ServedVersion
+from tfrobust.serving.registry import ModelRegistry
 
 
 log = logging.getLogger("tfrobust.server")
@@ -157,11 +153,19 @@ class _BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: ModelRegistry, config: ServerConfig):
+def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None = None):
     """Builds the ASGI application (FastAPI) serving ``registry``.
 
+    Args:
+        registry: the served models.
+        config: server settings.
+        core: the model calls to share with another front-end (gRPC); by default the
+            app makes its own and closes it when it shuts down. One passed in is left
+            open for its owner to close.
+
     Returns:
-        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.batchers``).
+        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.core`` and
+        ``.state.batchers``).
     """
     from fastapi import FastAPI, Request
     from fastapi import Path as PathParam
@@ -172,16 +176,15 @@ def create_app(registry: ModelRegistry, config: ServerConfig):
 
     import tfrobust
 
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=config.num_batch_threads, thread_name_prefix="tfrobust-model")
-    batchers: dict[tuple, Batcher] = {}
+    owned = core is None
+    if core is None:
+        core = ServingCore(registry, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        for batcher in batchers.values():
-            batcher.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+        if owned:
+            core.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -190,8 +193,9 @@ def create_app(registry: ModelRegistry, config: ServerConfig):
         description="TF Serving's REST API (predict, status, metadata) for SavedModels exported "
                     "by `tfrobust export`. Errors are `{\"error\": \"...\"}`.",
         docs_url=None, redoc_url=None)
-    app.state.batchers = batchers
-    app.state.executor = executor
+    app.state.core = core
+    app.state.batchers = core.batchers
+    app.state.executor = core.executor
 
     @app.exception_handler(ServingError)
     async def _serving_error(request, err: ServingError):
@@ -224,13 +228,11 @@ def create_app(registry: ModelRegistry, config: ServerConfig):
 
     def status_body(name: str, version: int | None) -> dict:
         check_name(name)
-        return {"model_version_status": registry.get(name).status(version)}
+        return {"model_version_status": core.status(name, version)}
 
     def metadata_body(name: str, version: int | None) -> dict:
         check_name(name)
-        served = registry.get(name).resolve(version)
-        return {"model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
-                "metadata": {"signature_def": {"signature_def": served.signature_defs}}}
+        return core.metadata(name, version)
 
     @app.get("/v1/models/{name}", responses=_responses(_STATUS_SCHEMA, 400, 404),
              summary="Model status (all versions)")
@@ -254,7 +256,7 @@ def create_app(registry: ModelRegistry, config: ServerConfig):
         return _json_response(metadata_body(name, parse_version(version)))
 
     async def predict(request: Request, name: str, version: int | None):
-        served = registry.get(name).resolve(version)
+        served = core.resolve(name, version)
         body = await request.body()
         if len(body) > 65536:
             parsed = await run_in_threadpool(
@@ -262,33 +264,8 @@ def create_app(registry: ModelRegistry, config: ServerConfig):
         else:
             parsed = parse_predict_request(body, served.signature, config.input_range)
         signature, fmt, inputs = parsed
-        try:
-            outputs = await _execute(served, signature, inputs)
-        except ServingError:
-            raise
-        except Exception as err:  # TF rejects what validation let through
-            import tensorflow as tf
-
-            if isinstance(err, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
-                raise bad_request(f"the model rejected the input: {str(err).splitlines()[0][:300]}") from None
-            raise
+        outputs = await core.run(served, signature, inputs)
         return _json_response(format_predict_response(outputs, fmt))
-
-    async def _execute(served: ServedVersion, signature: str, inputs: dict[str, np.ndarray]):
-        if not config.batching:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, served.run, signature, inputs)
-        row_shapes = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items()))
-        key = (served.name, served.version, id(served), signature, row_shapes)
-        batcher = batchers.get(key)
-        if batcher is None:
-            for old_key in [k for k in batchers if k[0] == served.name and k[2] != id(served)
-                            and batchers[k].idle]:
-                batchers.pop(old_key).close()
-            batcher = batchers[key] = Batcher(
-                served, signature, executor, config.max_batch_size,
-                config.batch_timeout_ms / 1000.0, config.num_batch_threads)
-        return await batcher.submit(inputs)
 
     predict_extra = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": _PREDICT_REQUEST_SCHEMA}}}}

@@ -17,7 +17,10 @@ class ServerConfig:
     Attributes:
         models: model name -> base path (folder of integer-named versions).
         host: interface to bind; 127.0.0.1 unless you mean to expose it.
-        port: TCP port; 0 picks a free one.
+        port: TCP port of the REST API; 0 picks a free one.
+        grpc_port: TCP port of TF Serving's gRPC API (TF Serving's is 8500); 0 picks a
+            free one; ``None`` (the default here; ``tfrobust serve`` turns it on) serves
+            REST only. Needs ``tensorflow-serving-api``.
         max_body_bytes: largest request body accepted (HTTP 413 beyond).
         poll_seconds: how often base paths are scanned for new versions.
         batching: batch concurrent requests into one model call.
@@ -31,6 +34,7 @@ class ServerConfig:
     models: Mapping[str, str]
     host: str = "127.0.0.1"
     port: int = 8501
+    grpc_port: int | None = None
     max_body_bytes: int = 16 * 2**20
     poll_seconds: float = 1.0
     batching: bool = True
@@ -46,8 +50,12 @@ class ServerConfig:
         for name in self.models:
             if not MODEL_NAME_RE.match(name):
                 raise ValueError(f"model name {name!r} may not contain '/', ':' or spaces")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port={self.port} must be in 0..65535")
+        for field in ("port", "grpc_port"):
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= 65535):
+                raise ValueError(f"{field}={value} must be in 0..65535")
+        if self.port is None:
+            raise ValueError("port=None: the REST port is always on (0 picks a free one)")
         for field in ("max_body_bytes", "max_batch_size", "num_batch_threads", "limit_concurrency"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field}={getattr(self, field)} must be at least 1")

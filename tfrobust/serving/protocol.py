@@ -12,6 +12,9 @@ import numpy as np
 __all__ = [
     "ServingError",
     "SignatureInfo",
+    "check_input",
+    "check_shape",
+    "numpy_dtype",
     "parse_predict_request",
     "format_predict_response",
 ]
@@ -46,7 +49,14 @@ class ServingError(Exception):
 
 
 def bad_request(message: str) -> ServingError:
+    """A 400 :class:`ServingError`."""
     return ServingError(400, message)
+
+
+def numpy_dtype(dtype_name: str) -> np.dtype | None:
+    """The numpy dtype of a numeric TF ``DataType`` name (``"DT_FLOAT"``), or ``None``."""
+    found = _DTYPES.get(dtype_name)
+    return None if found is None else np.dtype(found)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,27 +90,52 @@ def _to_array(value: Any, name: str, dtype_name: str, shape: tuple[int, ...] | N
             raw.dtype.kind, str(raw.dtype))
         expected = "numbers" if want.kind == "f" else "integers"
         raise bad_request(f"input {name!r}: expected {expected} of type {want.name} but found {found}")
-    if shape is not None:
-        got = tuple(raw.shape)
-        if len(got) != len(shape) or any(w != -1 and w != g for w, g in zip(shape, got)):
-            raise bad_request(f"input {name!r}: expected shape {list(shape)} (-1: any) but got {list(got)}")
-    if raw.ndim == 0 or raw.shape[0] == 0:
-        raise bad_request(f"input {name!r}: the batch is empty")
     with np.errstate(over="ignore", invalid="ignore"):
         arr = raw.astype(want, copy=False)
-    if want.kind == "f":
+    check_input(arr, name, shape, input_range)
+    if want.kind != "f" and raw.dtype.kind in "iu" and (
+            raw.min() < np.iinfo(want).min or raw.max() > np.iinfo(want).max):
+        raise bad_request(f"input {name!r}: integer out of range for {want.name}")
+    return arr
+
+
+def check_shape(got: tuple[int, ...], name: str, shape: tuple[int, ...] | None) -> None:
+    """Checks an input's shape against its signature's (-1: any size; ``None``: any rank).
+
+    Raises:
+        ServingError: 400 naming both shapes.
+    """
+    if shape is not None:
+        if len(got) != len(shape) or any(w != -1 and w != g for w, g in zip(shape, got)):
+            raise bad_request(f"input {name!r}: expected shape {list(shape)} (-1: any) but got {list(got)}")
+
+
+def check_input(arr: np.ndarray, name: str, shape: tuple[int, ...] | None,
+                input_range: tuple[float, float] | None) -> None:
+    """Checks one input array (already of the signature's dtype) against its signature.
+
+    Args:
+        arr: the batched input.
+        name: its input name, for the messages.
+        shape: the signature's shape (-1: any size), or ``None`` for an unknown rank.
+        input_range: closed range float inputs must lie in, or ``None``.
+
+    Raises:
+        ServingError: 400 for a wrong shape, an empty batch, NaN/Inf or a value out of range.
+    """
+    check_shape(tuple(arr.shape), name, shape)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise bad_request(f"input {name!r}: the batch is empty")
+    if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            bad = "NaN" if np.isnan(arr).any() else "Inf (or a value too large for " + want.name + ")"
+            bad = "NaN" if np.isnan(arr).any() else "Inf (or a value too large for " + arr.dtype.name + ")"
             raise bad_request(f"input {name!r}: values must be finite; found {bad}")
         if input_range is not None:
             lo, hi = input_range
             vmin, vmax = float(arr.min()), float(arr.max())
             if vmin < lo or vmax > hi:
                 raise bad_request(f"input {name!r}: values must lie in [{lo:g}, {hi:g}]; "
-                           f"found min {vmin:g}, max {vmax:g}")
-    elif raw.dtype.kind in "iu" and (raw.min() < np.iinfo(want).min or raw.max() > np.iinfo(want).max):
-        raise bad_request(f"input {name!r}: integer out of range for {want.name}")
-    return arr
+                                  f"found min {vmin:g}, max {vmax:g}")
 
 
 def _rows_of(instances: list, signature: SignatureInfo) -> dict[str, Any]:

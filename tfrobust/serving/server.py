@@ -11,7 +11,11 @@ and response formats and error envelope as ``tensorflow_model_server``:
   ``inputs`` (columnar format, answered by ``outputs``);
 * errors are ``{"error": "..."}`` with HTTP 400 (bad request) or 404 (unknown
   model or version), plus 413 for an oversize body;
-* ``GET /openapi.json``: the OpenAPI description of all of the above.
+* ``GET /openapi.json``: the OpenAPI description of all of the above;
+* with ``grpc_port`` set (``tfrobust serve`` sets 8500), TF Serving's gRPC API on a
+  second port: ``PredictionService.Predict``/``GetModelMetadata`` and
+  ``ModelService.GetModelStatus`` (:mod:`.grpc_api`), sharing models, versions,
+  input checks and batchers with the REST routes.
 
 Like TF Serving's default version policy it serves the newest version under
 each model's base path and polls the base path, so a version exported while
@@ -26,10 +30,13 @@ an internet-facing service.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -39,6 +46,7 @@ from typing import Sequence
 from tfrobust.serving.app import create_app
 from tfrobust.serving.batching import Batcher
 from tfrobust.serving.config import ServerConfig
+from tfrobust.serving.core import ServingCore
 from tfrobust.serving.registry import ModelRegistry
 
 
@@ -46,6 +54,7 @@ __all__ = [
     "ServerConfig",
     "RunningServer",
     "start_server",
+    "require_grpc",
     "serve",
     "parse_model_specs",
     "read_model_config_file",
@@ -59,18 +68,26 @@ log = logging.getLogger("tfrobust.server")
 
 
 class RunningServer:
-    """A server started by :func:`start_server`; ``url`` is its base address."""
+    """A server started by :func:`start_server`.
+
+    Attributes:
+        url: base address of the REST API, ``http://HOST:PORT``.
+        grpc_target: ``HOST:PORT`` of the gRPC API, or ``None`` when it is off.
+        registry: the served models.
+        app: the FastAPI application.
+    """
 
     def __init__(self, server, thread: threading.Thread, registry: ModelRegistry, url: str,
-                 app):
+                 app, grpc_target: str | None = None):
         self._server = server
         self._thread = thread
         self.registry = registry
         self.url = url
         self.app = app
+        self.grpc_target = grpc_target
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Shuts the server down and stops polling."""
+        """Shuts both ports down (gRPC calls in flight get a few seconds) and stops polling."""
         self._server.should_exit = True
         self._thread.join(timeout)
         self.registry.stop()
@@ -80,6 +97,21 @@ class RunningServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def require_grpc() -> None:
+    """Checks that the gRPC port can be served.
+
+    Raises:
+        ImportError: naming the package to install, if ``tensorflow-serving-api`` is missing.
+    """
+    try:
+        import grpc  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        import tensorflow_serving.apis.prediction_service_pb2_grpc  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as err:
+        raise ImportError(f"the gRPC port needs tensorflow-serving-api ({err}): pip install "
+                          "'tfrobust[grpc]', or serve REST only (tfrobust serve --no-grpc; "
+                          "ServerConfig(grpc_port=None))") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,6 +133,22 @@ def _bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(app, config: ServerConfig, log_level: str, configure_logging: bool = True):
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        """uvicorn's server, except that a caught SIGINT/SIGTERM is not raised again when it
+        has stopped: the gRPC port and the model threads still have to be shut down."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
     # Embedded servers (start_server) leave the host program's logging alone: uvicorn's
     # dictConfig would bind handlers to whatever sys.stderr is at that moment.
     extra = {} if configure_logging else {"log_config": None}
@@ -108,7 +156,30 @@ def _uvicorn_server(app, config: ServerConfig, log_level: str, configure_logging
         app, log_level=log_level, access_log=False, lifespan="on", **extra,
         limit_concurrency=config.limit_concurrency, timeout_keep_alive=30,
         h11_max_incomplete_event_size=64 * 1024)
-    return uvicorn.Server(uv_config)
+    return _Server(uv_config)
+
+
+async def _serve_both(uv_server, sock: socket.socket, core: ServingCore, config: ServerConfig,
+                      on_ready) -> None:
+    """Runs the REST server and, if ``config.grpc_port`` is set, the gRPC one on this event loop.
+
+    ``on_ready(grpc_target or None)`` is called once both ports are bound. Both front-ends
+    share ``core`` (and so its batchers, which belong to this loop); it is closed last.
+    """
+    grpc_server = None
+    try:
+        target = None
+        if config.grpc_port is not None:
+            from tfrobust.serving.grpc_api import grpc_address, start_grpc_server  # pylint: disable=import-outside-toplevel
+
+            grpc_server, port = await start_grpc_server(core, config)
+            target = grpc_address(config.host, port)
+        on_ready(target)
+        await uv_server.serve(sockets=[sock])
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
+        core.close()
 
 
 def _freeze_heap() -> None:
@@ -128,45 +199,80 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _prepare(config: ServerConfig, log_level: str, configure_logging: bool):
+    """Checks gRPC's package, starts the registry, binds the REST port; returns the pieces."""
+    if config.grpc_port is not None:
+        require_grpc()
+    registry = ModelRegistry(config.models, config.poll_seconds)
+    registry.start()
+    try:
+        sock = _bind(config.host, config.port)
+    except ValueError:
+        registry.stop()
+        raise
+    core = ServingCore(registry, config)
+    app = create_app(registry, config, core)
+    return registry, sock, core, app, _uvicorn_server(app, config, log_level, configure_logging)
+
+
 def start_server(config: ServerConfig, log_level: str = "warning") -> RunningServer:
     """Starts the server in a background thread (port 0 picks a free port).
 
     Use as a context manager in tests and notebooks::
 
-        with start_server(ServerConfig({"mnist": "serving/models/mnist"}, port=0)) as s:
+        config = ServerConfig({"mnist": "serving/models/mnist"}, port=0, grpc_port=0)
+        with start_server(config) as s:
             RestClient(s.url, "mnist").predict(images)
+            GrpcClient(s.grpc_target, "mnist").predict(images)
 
     Raises:
-        ValueError: if the address cannot be bound.
+        ValueError: if an address cannot be bound.
+        ImportError: if ``grpc_port`` is set and ``tensorflow-serving-api`` is missing.
     """
-    registry = ModelRegistry(config.models, config.poll_seconds)
-    registry.start()
-    sock = _bind(config.host, config.port)
-    app = create_app(registry, config)
-    server = _uvicorn_server(app, config, log_level, configure_logging=False)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="tfrobust-server", daemon=True)
+    registry, sock, core, app, server = _prepare(config, log_level, configure_logging=False)
+    state: dict = {}
+    ready = threading.Event()
+
+    def on_ready(target):
+        state["grpc_target"] = target
+        ready.set()
+
+    def run():
+        try:
+            asyncio.run(_serve_both(server, sock, core, config, on_ready))
+        except BaseException as err:  # noqa: BLE001 - handed to the starting thread
+            state["error"] = err
+        finally:
+            sock.close()
+            ready.set()
+
+    thread = threading.Thread(target=run, name="tfrobust-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+    while not (server.started and ready.is_set()) and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     if not server.started:
+        server.should_exit = True
+        thread.join(10)
         registry.stop()
+        if isinstance(state.get("error"), Exception):
+            raise state["error"]
         raise RuntimeError("the server did not start")
-    return RunningServer(server, thread, registry, _url(sock), app.app)
+    return RunningServer(server, thread, registry, _url(sock), app.app, state.get("grpc_target"))
 
 
 def serve(config: ServerConfig, log_level: str = "info") -> None:
-    """Runs the server in the foreground until interrupted."""
-    registry = ModelRegistry(config.models, config.poll_seconds)
-    registry.start()
+    """Runs the server in the foreground until interrupted (SIGINT or SIGTERM)."""
+    registry, sock, core, app, server = _prepare(config, log_level, configure_logging=True)
     _freeze_heap()
-    sock = _bind(config.host, config.port)
-    app = create_app(registry, config)
-    print(f"tfrobust serve: listening on {_url(sock)} "
-          f"(models: {', '.join(sorted(config.models))}; OpenAPI at /openapi.json)", flush=True)
+
+    def on_ready(target):
+        grpc = f" and gRPC on {target}" if target else ""
+        print(f"tfrobust serve: listening on {_url(sock)}{grpc} "
+              f"(models: {', '.join(sorted(config.models))}; OpenAPI at /openapi.json)", flush=True)
+
     try:
-        _uvicorn_server(app, config, log_level).run(sockets=[sock])
+        asyncio.run(_serve_both(server, sock, core, config, on_ready))
     finally:
         registry.stop()
 
