@@ -122,7 +122,10 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     median = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
     wall = {w: statistics.median(r["wall_s"] for r in rs) for w, rs in runs.items()}
+    command = (f"python benchmarks/evaluation_scaling.py --n {args.n} --steps {args.steps} "
+               f"--batch-size {args.batch_size} --repeats {args.repeats}")
     result = {
+        "command": command,
         "what": f"tfrobust evaluate --attacks pgd --steps {args.steps} on {args.n} MNIST test images, "
                 "MNIST CNN (random weights), 1 thread per worker",
         "hardware": hardware(),
@@ -135,8 +138,6 @@ def main(argv=None) -> int:
         "runs": {f"{w}_worker": rs for w, rs in runs.items()},
         "repeats": args.repeats,
     }
-    command = (f"python benchmarks/evaluation_scaling.py --n {args.n} --steps {args.steps} "
-               f"--batch-size {args.batch_size} --repeats {args.repeats}")
     write_result(args.out, result, command)
     print(json.dumps({k: result[k] for k in ("examples_per_second", "speedup_2_workers", "identical")}))
     return 0

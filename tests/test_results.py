@@ -49,6 +49,12 @@ def test_results_page_quoted_ratios_match_their_json():
     assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in RESULTS_PAGE
 
 
+def test_results_page_quotes_the_evaluation_scaling_json():
+    scaling = load("evaluation_scaling.json")
+    assert scaling["identical"] is True
+    assert f"evaluate **{scaling['speedup_2_workers']:.2f}x** as fast" in RESULTS_PAGE
+
+
 def test_serving_readme_grpc_table_is_the_json():
     from serving_bench import grpc_readme_table
 
