@@ -69,11 +69,15 @@ def test_fresh_noise_per_request_still_certifies_within_the_bounds(exported):
     assert not np.array_equal(a["p_a_lower"].numpy(), b["p_a_lower"].numpy())  # two draws of the noise
 
 
-def test_rest_server_serves_the_smoothed_signature(exported):
+def test_rest_server_serves_the_smoothed_signature_and_the_client_shows_it(exported, tmp_path, capsys):
     from tfrobust.serving import server
-    from tfrobust.serving.client import RestClient
+    from tfrobust.serving.client import RestClient, main as client_main
     model, fixed, _, x = exported
+    np.save(tmp_path / "x.npy", x[:3])
     with server.start_server(server.ServerConfig({"s": str(Path(fixed).parent)}, port=0)) as running:
+        assert client_main(["--url", running.url, "--model", "s", "--npy", str(tmp_path / "x.npy"),
+                            "--smoothed"]) == 0
+        table = capsys.readouterr().out.splitlines()
         client = RestClient(running.url, "s")
         try:
             out = client.predict(x[:3], signature_name="smoothed")
@@ -88,6 +92,9 @@ def test_rest_server_serves_the_smoothed_signature(exported):
     np.testing.assert_array_equal(np.asarray(out["smoothed_class"]), classes)
     np.testing.assert_allclose(np.asarray(out["certified_radius_l2"]), radii, rtol=1e-6, atol=1e-7)
     assert bad is not None and "must lie in [0, 1]" in str(bad)  # refused, as for every signature
+    assert table[0].split()[-2:] == ["smooth", "l2_radius"] and len(table) == 4
+    for line, c, r in zip(table[1:], classes, radii):
+        assert line.split()[-2:] == ["abst" if c < 0 else str(c), f"{r:.4f}"]
 
 
 def test_export_flags_and_bad_settings(tmp_path, capsys):

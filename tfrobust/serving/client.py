@@ -280,13 +280,19 @@ class GrpcClient:
 
 
 def score_images(client: RestClient | GrpcClient, images: np.ndarray,
-                 batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Runs the ``robustness`` signature over ``images`` in batches; concatenates outputs."""
+                 batch_size: int = 64, smoothed: bool = False) -> dict[str, np.ndarray]:
+    """Runs the ``robustness`` signature over ``images`` in batches; concatenates outputs.
+
+    With ``smoothed``, the ``smoothed`` signature's outputs (an export with ``--smoothing``) join them.
+    """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim < 2 or len(images) == 0:
         raise ValueError(f"images must be a non-empty batch; got shape {images.shape}")
     parts = [client.robustness(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if smoothed:
+        for i, part in zip(range(0, len(images), batch_size), parts):
+            part.update(client.predict(images[i:i + batch_size], signature_name="smoothed"))
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
 def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None = None) -> str:
@@ -295,7 +301,9 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
     Columns: index, predicted class, its probability, true label (when given),
     margin (top-1 minus top-2 logit), grad_norm and effective_margin
     (first-order distance to the decision boundary, in input units), and the
-    calibrated ``estimated_radius`` and the proven L∞ ``certified_radius`` when the export has them.
+    calibrated ``estimated_radius`` and the proven L∞ ``certified_radius`` when the export has them,
+    and the smoothed classifier's class (``abst`` where it abstains) and certified L2 radius when the
+    scores hold the ``smoothed`` signature's outputs.
     """
     pred = np.asarray(scores["predicted_class"]).astype(int)
     prob = np.asarray(scores["probabilities"])[np.arange(len(pred)), pred]
@@ -307,6 +315,9 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
     certified = scores.get("certified_radius")
     if certified is not None:
         header += f" {'certified':>9}"
+    smooth = scores.get("smoothed_class")
+    if smooth is not None:
+        header += f" {'smooth':>6} {'l2_radius':>9}"
     lines = [header]
     for i in range(len(pred)):
         line = f"{i:>4} {pred[i]:>4} {prob[i]:>6.3f}"
@@ -319,6 +330,9 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
             line += f" {float(radius[i]):>9.5f}"
         if certified is not None:
             line += f" {float(certified[i]):>9.5f}"
+        if smooth is not None:
+            cls = "abst" if int(smooth[i]) < 0 else str(int(smooth[i]))
+            line += f" {cls:>6} {float(scores['certified_radius_l2'][i]):>9.4f}"
         lines.append(line)
     if labels is not None:
         lines.append("(* = misclassified)")
@@ -356,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="dataset of tfrobust.data (default: by input shape)")
     parser.add_argument("--npy", help="images [N, H, W, C] in [0, 1] as .npy instead")
     parser.add_argument("--labels", help="labels [N] as .npy (with --npy)")
+    parser.add_argument("--smoothed", action="store_true",
+                        help="also show the smoothed signature (an export with --smoothing): its class and "
+                             "certified L2 radius")
     args = parser.parse_args(argv)
     errors: tuple = (RestError, OSError, ValueError, KeyError, ImportError)
     try:
@@ -368,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             client = RestClient(args.url, args.model)
         shape = None if args.npy else client.input_shape("robustness")
         images, labels = _load_images(args, shape)
-        scores = score_images(client, images)
+        scores = score_images(client, images, smoothed=args.smoothed)
     except errors as err:
         print(f"tfrobust.client: error: {err}", file=sys.stderr)
         return 2
