@@ -493,6 +493,41 @@ def certified_latency(model, shape: tuple[int, ...], args: argparse.Namespace, c
     return result
 
 
+def smoothed_latency(model, shape: tuple[int, ...], args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """In-process cost of the ``smoothed`` signature (CERTIFY, ``n0`` + ``n`` draws per example)
+    against ``serving_default``, per example, at batches 1 and 8; medians of ``args.repeats * 3``
+    calls per signature and batch, the signatures alternating."""
+    import tensorflow as tf
+    from tfrobust.serving.export import export_saved_model, smoothing_settings
+    from tfrobust.utils import source_commit
+
+    settings = smoothing_settings(args.smoothed_sigma, n=args.smoothed_samples, alpha=0.001, n0=100)
+    work = Path(tempfile.mkdtemp(prefix="tfrobust-smoothed-bench-"))
+    result: dict[str, Any] = {"command": command, "hardware": hardware(), "commit": source_commit(),
+                              "threads": "TF defaults", "settings": settings, "ms_per_example": {},
+                              "ratio_over_serving_default": {}}
+    try:
+        loaded = tf.saved_model.load(export_saved_model(model, work / "m", norm=args.norm, smoothing=settings))
+        fns = {name: loaded.signatures[name] for name in ("serving_default", "smoothed")}
+        for batch in (1, 8):
+            x = tf.constant(np.random.default_rng(0).uniform(0, 1, (batch, *shape)), tf.float32)
+            times = {name: [] for name in fns}
+            for fn in fns.values():
+                fn(inputs=x)
+            for _ in range(args.repeats * 3):
+                for name, fn in fns.items():
+                    t0 = time.perf_counter()
+                    {k: v.numpy() for k, v in fn(inputs=x).items()}
+                    times[name].append((time.perf_counter() - t0) * 1000 / batch)
+            ms = {name: round(float(np.median(t)), 3) for name, t in times.items()}
+            result["ms_per_example"][str(batch)] = ms
+            result["ratio_over_serving_default"][str(batch)] = round(ms["smoothed"] / ms["serving_default"], 1)
+            print(f"smoothed (n={settings['n']}), batch {batch}: {ms} ms per example", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def compare_transports(server: ServerProcess, shape: tuple[int, ...], args: argparse.Namespace,
                        command: str) -> dict[str, Any]:
     """REST and gRPC on one server, same model, signatures and batches: p50/p99 latency and
@@ -629,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certified-only", action="store_true",
                         help="only measure robustness with certified_radius against serving_default in-process, "
                              "and write it under 'certified_radius' in --out, keeping the rest")
+    parser.add_argument("--smoothed-only", action="store_true",
+                        help="only measure the smoothed signature (CERTIFY in the SavedModel) against "
+                             "serving_default in-process, and write it under 'smoothed' in --out, keeping the rest")
+    parser.add_argument("--smoothed-sigma", type=float, default=0.25)
+    parser.add_argument("--smoothed-samples", type=int, default=1000)
     parser.add_argument("--grpc-only", action="store_true",
                         help="only measure gRPC beside REST on one server, and write it under 'grpc' in --out, "
                              "keeping the rest")
@@ -648,6 +688,15 @@ def main(argv: list[str] | None = None) -> int:
 
     model, model_desc = build_model(args)
     shape = infer_input_shape(model)
+    if args.smoothed_only:
+        out = Path(args.out)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        report["smoothed"] = {"model": model_desc, **smoothed_latency(model, shape, args, command)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "
+")
+        print(f"wrote {out}")
+        return 0
     if args.certified_only:
         out = Path(args.out)
         report = json.loads(out.read_text()) if out.exists() else {}
