@@ -693,8 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(out.read_text()) if out.exists() else {}
         report["smoothed"] = {"model": model_desc, **smoothed_latency(model, shape, args, command)}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "
-")
+        out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
         return 0
     if args.certified_only:

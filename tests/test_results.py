@@ -49,6 +49,18 @@ def test_results_page_quoted_ratios_match_their_json():
     assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in RESULTS_PAGE
 
 
+def test_results_page_smoothing_table_is_its_json():
+    sys.path.insert(0, str(REPO / "training"))
+    from smoothing_table import results_row
+    table = json.loads((REPO / "training" / "results" / "smoothing" / "table.json").read_text())
+    assert set(table) == {"mnist_smooth_025", "mnist_smooth_050"}
+    for name, row in table.items():
+        assert results_row(name, row) in RESULTS_PAGE, results_row(name, row)
+        acc = list(row["test"]["certified_accuracy"].values())
+        assert acc == sorted(acc, reverse=True)  # certified accuracy never rises with the radius
+        assert re.fullmatch(r"[0-9a-f]{40}", row["commit"]) and row["hardware"] and row["command"]
+
+
 def test_results_page_quotes_the_evaluation_scaling_json():
     scaling = load("evaluation_scaling.json")
     assert scaling["identical"] is True
