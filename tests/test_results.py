@@ -61,6 +61,11 @@ def test_results_page_smoothing_table_is_its_json():
         assert re.fullmatch(r"[0-9a-f]{40}", row["commit"]) and row["hardware"] and row["command"]
 
 
+def test_results_page_quotes_the_smoothed_signature_cost():
+    ms = load("serving.json")["smoothed"]["ms_per_example"]
+    assert f"costs **{ms['1']['smoothed']:.1f} ms per example** at batch 1" in RESULTS_PAGE
+
+
 def test_results_page_quotes_the_evaluation_scaling_json():
     scaling = load("evaluation_scaling.json")
     assert scaling["identical"] is True
