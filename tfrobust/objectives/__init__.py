@@ -18,7 +18,7 @@ Terms: :class:`CrossEntropy`, :class:`AdversarialTraining`,
 :class:`FastAdversarialTraining`, :class:`Trades`, :class:`Mart`,
 :class:`CertifiedTraining` (IBP and CROWN-IBP; base losses) and :class:`DecisionJacobian`, :class:`InputGradient`,
 :class:`EffectiveMargin` (penalties). TRADES' KL attack is a
-:class:`KLAttack` point, usable wherever an attack config is.
+:func:`KLAttack` point, usable wherever an attack config is.
 
 Example::
 
