@@ -48,6 +48,26 @@ def test_worst_case_is_per_example_over_attacks():
     assert res["attacks"]["cw"]["0.1"] < res["attacks"]["cw"]["0.05"] < 1.0
 
 
+def test_budget_keywords_of_0_1_still_work_with_a_deprecation_warning():
+    """evaluate_model(steps=...) warns, names budget=Budget(...), and reports what budget= reports."""
+    model, x, y = trained_linear(n=40)
+    kwargs = dict(attacks=["bim", "apgd-ce"], eps="0.05", sanity=False, progress=False)
+    new = evaluation.evaluate_model(model, x, y, budget=evaluation.Budget(steps=3, step_size=0.02, apgd_steps=4),
+                                    **kwargs)
+    with pytest.warns(DeprecationWarning, match=r"budget=Budget\(steps=3, step_size=0.02, apgd_steps=4\)"):
+        old = evaluation.evaluate_model(model, x, y, steps=3, step_size=0.02, apgd_steps=4, **kwargs)
+    assert old["attacks"] == new["attacks"] and old["settings"] == new["settings"]
+    assert new["settings"]["bim"]["steps"] == 3 and new["settings"]["apgd-ce"]["steps"] == 4
+    with pytest.raises(TypeError, match="not both"):
+        evaluation.evaluate_model(model, x, y, budget=evaluation.Budget(), steps=3, **kwargs)
+    with pytest.raises(TypeError, match="'stepz'"):
+        evaluation.evaluate_model(model, x, y, stepz=3, **kwargs)
+    square = r"norm='l2': the square attack \(also part of autoattack\) supports only linf"
+    with pytest.raises(ValueError, match=square):
+        evaluation.evaluate_model(model, x, y, attacks=["autoattack"], eps="0.05",
+                                  budget=evaluation.Budget(norm="l2"), progress=False)
+
+
 def test_sanity_passes_for_an_honest_model():
     model, x, y = trained_linear()
     res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "bim"], eps="0.05,0.1,0.2",

@@ -118,7 +118,7 @@ class AttackConfig:
         if spec.minimal:
             x_adv, distance = self.minimal(model, x, y, clip=clip, training=training)
             within = norms.expand_like(distance <= tf.cast(eps, distance.dtype), x_adv)
-            return tf.where(within, x_adv, tf.cast(x, x_adv.dtype))
+            return tf.stop_gradient(tf.where(within, x_adv, tf.cast(x, x_adv.dtype)))
         labels = (y,) if spec.labels else ()
         return spec.fn(model, x, *labels, eps=eps, clip=clip, training=training,
                        **spec.kwargs(self, step_size))
