@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     for method in METHODS:
         t = time.perf_counter()
         ev = evaluation.evaluate_model(trained[method], x_test, y_test, attacks=ATTACKS, eps=EPS,
-                                       steps=STEPS, step_size=STEP_SIZE, seed=args.seed,
+                                       budget=evaluation.Budget(steps=STEPS, step_size=STEP_SIZE), seed=args.seed,
                                        progress=False)
         eval_seconds = time.perf_counter() - t
         print(f"evaluated {method}: {eval_seconds:.1f} s", file=sys.stderr)

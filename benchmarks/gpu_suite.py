@@ -170,6 +170,7 @@ def mirrored(size: dict) -> dict:
 
 
 def mirrored_evaluation(size: dict) -> dict:
+    from tfrobust.attacks import Budget  # noqa: E402
     from tfrobust.evaluation import evaluate_model  # noqa: E402
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in gpus] or ["/cpu:0"]
@@ -184,7 +185,8 @@ def mirrored_evaluation(size: dict) -> dict:
         with strategy.scope():
             keras.utils.set_random_seed(0)
             model = models.mnist_cnn(width=size["width"])
-        kw = dict(attacks=["pgd", "apgd-ce"], eps="0.3", steps=10, apgd_steps=10, sanity=False, progress=False,
+        kw = dict(attacks=["pgd", "apgd-ce"], eps="0.3", budget=Budget(steps=10, apgd_steps=10), sanity=False,
+                  progress=False,
                   batch_size=size["pgd_batch"] * len(device_list), strategy=strategy)
         evaluate_model(model, x[: kw["batch_size"]], y[: kw["batch_size"]], **kw)  # trace
         t = time.perf_counter()

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfrobust import attacks
 
 SHAPE = (8, 8, 1)
 
@@ -31,23 +29,3 @@ def small_cnn(seed=None):
 def images(n=3, seed=1):
     """``n`` uniform random 8x8x1 images in [0, 1]."""
     return np.random.default_rng(seed).uniform(0, 1, (n, *SHAPE)).astype(np.float32)
-
-
-def assert_ball_and_clip_range(name, norm, graph, eps=0.3, **kwargs):
-    """Runs attack ``name`` on 16 images (8 of them on the clip boundary) and checks that the
-    result stays in the eps ball and in [0, 1], keeps shape and dtype, and moves."""
-    model = small_cnn()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, size=(16, *SHAPE)).astype("float32")
-    x[:4] = 0.0
-    x[4:8] = 1.0
-    fn = lambda x: attacks.get_attack(name)(model, x, eps=eps, norm=norm, **kwargs)  # noqa: E731
-    if graph:
-        fn = tf.function(fn)
-    x_adv = fn(tf.constant(x)).numpy()
-    assert x_adv.shape == x.shape and x_adv.dtype == np.float32
-    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-    delta = (x_adv - x).reshape(16, -1)
-    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
-    assert (size <= eps + 1e-5).all()
-    assert size.max() > 0.01  # it did move

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_ball_and_clip_range, small_cnn
 from tfrobust import attacks, losses
 from tfrobust.attacks import AttackConfig
 
@@ -117,38 +116,7 @@ def test_one_hot_labels_are_accepted(batch):
 
 
 
-ALL = [
-    ("fgsm", {}),
-    ("bim", {"steps": 3, "step_size": 0.1}),
-    ("pgd", {"steps": 3, "step_size": 0.1}),
-    ("cw", {"steps": 3, "step_size": 0.1}),
-]
-
-
-@pytest.mark.parametrize("name,kwargs", ALL)
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("graph", [False, True])
-def test_ball_and_clip_range_hold(name, kwargs, norm, graph):
-    assert_ball_and_clip_range(name, norm, graph, **kwargs)
-
-
-@pytest.mark.parametrize("name,kwargs", ALL)
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_eps_zero_is_identity(name, kwargs, norm):
-    model = small_cnn()
-    x = np.random.default_rng(2).uniform(0, 1, size=(4, 8, 8, 1)).astype("float32")
-    kwargs = dict(kwargs)
-    if name != "fgsm":
-        kwargs["random_start"] = True
-    x_adv = attacks.get_attack(name)(model, x, eps=0.0, norm=norm, **kwargs)
-    np.testing.assert_array_equal(x_adv.numpy(), x)
-
-
-def test_custom_clip_range():
-    model = small_cnn()
-    x = np.random.default_rng(3).uniform(0, 255, size=(4, 8, 8, 1)).astype("float32")
-    x_adv = attacks.pgd(model, x, eps=8.0, steps=2, step_size=4.0, clip=(0.0, 255.0)).numpy()
-    assert x_adv.min() >= 0 and x_adv.max() <= 255 and np.abs(x_adv - x).max() <= 8.0 + 1e-4
+# Ball, clip range, eps=0, dtype, seeds and bad fields of every attack: tests/test_attack_contract.py.
 
 
 def test_pgd_reaches_the_exact_linear_robust_accuracy():

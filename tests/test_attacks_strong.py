@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_ball_and_clip_range, small_cnn
 from tfrobust import attacks, data, losses
 
 D, K = 6, 4
@@ -83,48 +82,7 @@ def test_square_p_schedule_is_the_published_piecewise_constant():
 
 # --- invariants ----------------------------------------------------------------------------------
 
-STRONG = [
-    ("apgd", {"steps": 6}, "linf"),
-    ("apgd", {"steps": 6, "loss": "dlr"}, "linf"),
-    ("apgd", {"steps": 6}, "l2"),
-    ("square", {"queries": 30}, "linf"),
-]
-
-
-@pytest.mark.parametrize("name,kwargs,norm", STRONG)
-@pytest.mark.parametrize("graph", [False, True])
-def test_ball_and_clip_range_hold(name, kwargs, norm, graph):
-    assert_ball_and_clip_range(name, norm, graph, **kwargs)
-
-
-def test_custom_clip_range_and_float64():
-    model = keras.Sequential([keras.Input((8, 8, 1), dtype="float64"), keras.layers.Flatten(dtype="float64"),
-                              keras.layers.Dense(10, dtype="float64")])
-    x = np.random.default_rng(3).uniform(0, 255, size=(4, 8, 8, 1))
-    for x_adv in (attacks.apgd(model, x, eps=8.0, steps=4, clip=(0.0, 255.0)),
-                  attacks.square(model, x, eps=8.0, queries=10, clip=(0.0, 255.0))):
-        assert x_adv.dtype == tf.float64
-        x_adv = x_adv.numpy()
-        assert x_adv.min() >= 0 and x_adv.max() <= 255 and np.abs(x_adv - x).max() <= 8.0 + 1e-9
-
-
-@pytest.mark.parametrize("name,kwargs,norm", STRONG)
-def test_eps_zero_is_identity(name, kwargs, norm):
-    model = small_cnn()
-    x = np.random.default_rng(2).uniform(0, 1, size=(4, 8, 8, 1)).astype("float32")
-    x_adv = attacks.get_attack(name)(model, x, eps=0.0, norm=norm, **kwargs)
-    np.testing.assert_array_equal(x_adv.numpy(), x)
-
-
-def test_results_carry_no_gradient():
-    model = small_cnn()
-    x = tf.constant(np.random.default_rng(4).uniform(0, 1, size=(3, 8, 8, 1)).astype("float32"))
-    for fn in (lambda t: attacks.apgd(model, t, eps=0.1, steps=3),
-               lambda t: attacks.square(model, t, eps=0.1, queries=5)):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = tf.reduce_sum(fn(x))
-        assert tape.gradient(out, x) is None
+# Ball, clip range, float64, eps=0 and no gradient of every attack: tests/test_attack_contract.py.
 
 
 @pytest.mark.parametrize("bad,match", [

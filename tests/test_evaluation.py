@@ -37,7 +37,7 @@ def test_eps_zero_gives_clean_accuracy_and_schema():
 def test_worst_case_is_per_example_over_attacks():
     model, x, y = trained_linear()
     res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "cw"], eps="0.05,0.1",
-                                    steps=5, step_size=0.02, sanity=False, progress=False)
+                                    budget=evaluation.Budget(steps=5, step_size=0.02), sanity=False, progress=False)
     for key, eps in (("0.05", 0.05), ("0.1", 0.1)):
         ok = np.ones(len(x), bool)
         for adv in (attacks.fgsm(model, x, y, eps=eps),
@@ -46,6 +46,26 @@ def test_worst_case_is_per_example_over_attacks():
         assert res["worst_case"][key] == pytest.approx(ok.mean())
         assert res["worst_case"][key] <= min(res["attacks"]["fgsm"][key], res["attacks"]["cw"][key])
     assert res["attacks"]["cw"]["0.1"] < res["attacks"]["cw"]["0.05"] < 1.0
+
+
+def test_budget_keywords_of_0_1_still_work_with_a_deprecation_warning():
+    """evaluate_model(steps=...) warns, names budget=Budget(...), and reports what budget= reports."""
+    model, x, y = trained_linear(n=40)
+    kwargs = dict(attacks=["bim", "apgd-ce"], eps="0.05", sanity=False, progress=False)
+    new = evaluation.evaluate_model(model, x, y, budget=evaluation.Budget(steps=3, step_size=0.02, apgd_steps=4),
+                                    **kwargs)
+    with pytest.warns(DeprecationWarning, match=r"budget=Budget\(steps=3, step_size=0.02, apgd_steps=4\)"):
+        old = evaluation.evaluate_model(model, x, y, steps=3, step_size=0.02, apgd_steps=4, **kwargs)
+    assert old["attacks"] == new["attacks"] and old["settings"] == new["settings"]
+    assert new["settings"]["bim"]["steps"] == 3 and new["settings"]["apgd-ce"]["steps"] == 4
+    with pytest.raises(TypeError, match="not both"):
+        evaluation.evaluate_model(model, x, y, budget=evaluation.Budget(), steps=3, **kwargs)
+    with pytest.raises(TypeError, match="'stepz'"):
+        evaluation.evaluate_model(model, x, y, stepz=3, **kwargs)
+    square = r"norm='l2': the square attack \(also part of autoattack\) supports only linf"
+    with pytest.raises(ValueError, match=square):
+        evaluation.evaluate_model(model, x, y, attacks=["autoattack"], eps="0.05",
+                                  budget=evaluation.Budget(norm="l2"), progress=False)
 
 
 def test_sanity_passes_for_an_honest_model():
@@ -191,7 +211,8 @@ def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
 
     monkeypatch.setattr(cascade, "correct_under", recording)
     res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "autoattack-lite"], eps="0.05,0.1",
-                                    apgd_steps=10, square_queries=100, sanity=False, progress=False)
+                                    budget=evaluation.Budget(apgd_steps=10, square_queries=100), sanity=False,
+                                    progress=False)
     assert list(res["attacks"]) == ["fgsm", "apgd-ce", "apgd-dlr", "square"]
     for key, eps in (("0.05", 0.05), ("0.1", 0.1)):
         mine = {(name, loss): (size, out) for name, loss, e, size, out in calls if e == eps}
@@ -214,7 +235,7 @@ def test_autoattack_cascade_wiring_and_worst_case(monkeypatch):
 def test_strong_evaluation_passes_the_sanity_checks_on_an_honest_model():
     model, x, y = trained_linear(n=200)
     res = evaluation.evaluate_model(model, x, y, attacks=["autoattack-lite"], eps="0.05,0.1",
-                                    apgd_steps=10, square_queries=100, progress=False)
+                                    budget=evaluation.Budget(apgd_steps=10, square_queries=100), progress=False)
     by = {c["name"]: c for c in res["sanity"]["checks"]}
     assert res["sanity"]["passed"], res["sanity"]
     assert {"white_box_not_weaker_than_square", "stable_across_seeds"} <= set(by)
@@ -232,7 +253,7 @@ def test_masking_check_flags_square_beating_the_white_box_attacks():
                                keras.layers.Flatten(), keras.layers.Dense(3)])
     masked.layers[-1].set_weights(model.layers[-1].get_weights())
     res = evaluation.evaluate_model(masked, x, y, attacks=["autoattack-lite"], eps="0.1",
-                                    apgd_steps=10, square_queries=200, progress=False)
+                                    budget=evaluation.Budget(apgd_steps=10, square_queries=200), progress=False)
     by = {c["name"]: c for c in res["sanity"]["checks"]}
     assert not by["white_box_not_weaker_than_square"]["passed"]
     assert "square broke" in by["white_box_not_weaker_than_square"]["detail"]
@@ -318,7 +339,8 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
 
     monkeypatch.setattr(cascade, "correct_under", recording)
     res = evaluation.evaluate_model(model, x, y, attacks=["apgd-ce", "apgd-t"], cascade=True, eps="0.05",
-                                    apgd_steps=10, apgd_targets=3, sanity=False, progress=False)
+                                    budget=evaluation.Budget(apgd_steps=10, apgd_targets=3), sanity=False,
+                                    progress=False)
     alive = np.asarray(calls[0][2])  # after APGD-CE (clean accuracy is 1 on this model)
     assert [c[0] for c in calls] == [None, 2, 3, 4]
     for rank, size, out in calls[1:]:
@@ -331,7 +353,8 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
         evaluation.evaluate_model(*trained_linear(n=10), attacks=["apgd-t"], eps="0.1", sanity=False,
                                   progress=False)
     with pytest.raises(ValueError, match="apgd_targets=0"):
-        evaluation.evaluate_model(model, x, y, attacks=["apgd-t"], eps="0.1", apgd_targets=0,
+        evaluation.evaluate_model(model, x, y, attacks=["apgd-t"], eps="0.1",
+                                  budget=evaluation.Budget(apgd_targets=0),
                                   progress=False)
 
 
@@ -367,7 +390,8 @@ def test_one_trace_per_attack_serves_every_eps(caplog):
     with caplog.at_level(logging.WARNING):
         res = evaluation.evaluate_model(model, x, y, attacks=["fgsm", "bim", "cw", "pgd"],
                                         eps="0.05,0.1,0.15,0.2,0.25,0.3", batch_size=20,
-                                        step_size={"bim": 0.1, "cw": 0.1, "pgd": None}, progress=False)
+                                        budget=evaluation.Budget(step_size={"bim": 0.1, "cw": 0.1, "pgd": None}),
+                                        progress=False)
     assert "retracing" not in caplog.text
     traced = [f for f in cascade._COMPILED[model].values()]
     assert len(traced) == 5  # four attacks and the sanity check's unbounded PGD

@@ -27,7 +27,8 @@ def linear_verified(model, x, y, eps):
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
 def test_verified_accuracy_is_the_closed_form_and_below_the_attacks(method):
     model, x, y = trained_linear(200)
-    res = evaluation.evaluate_model(model, x, y, attacks=["pgd", "cw"], eps="0,0.02,0.05", steps=20,
+    res = evaluation.evaluate_model(model, x, y, attacks=["pgd", "cw"], eps="0,0.02,0.05",
+                                    budget=evaluation.Budget(steps=20),
                                     certify=method, progress=False)
     for key, eps in (("0", 0.0), ("0.02", 0.02), ("0.05", 0.05)):
         assert res["verified"][key] == pytest.approx(linear_verified(model, x, y, eps).mean())
@@ -52,7 +53,8 @@ def test_certify_rejects_bad_settings():
     with pytest.raises(ValueError, match="'crown'"):
         evaluation.evaluate_model(model, x, y, attacks=["fgsm"], eps="0.1", certify="crown", progress=False)
     with pytest.raises(ValueError, match="norm='l2'"):
-        evaluation.evaluate_model(model, x, y, attacks=["fgsm"], eps="0.1", norm="l2", certify="ibp",
+        evaluation.evaluate_model(model, x, y, attacks=["fgsm"], eps="0.1", budget=evaluation.Budget(norm="l2"),
+                                  certify="ibp",
                                   progress=False)
 
 
@@ -73,7 +75,8 @@ def test_cli_evaluate_certify(digits_model, tmp_path, capsys):  # noqa: F811
 
 def test_certified_curve_is_the_verified_accuracy_at_every_eps(tmp_path):
     model, x, y = trained_linear(120)
-    res = evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.02,0.05", steps=20, certify="ibp",
+    res = evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.02,0.05",
+                                    budget=evaluation.Budget(steps=20), certify="ibp",
                                     curve="certified-ibp", sanity=False, progress=False)
     curve = res["curve"]
     assert curve["attack"] == "certified-ibp" and not curve["disagreements"]
@@ -83,5 +86,6 @@ def test_certified_curve_is_the_verified_accuracy_at_every_eps(tmp_path):
     evaluation.plot_curve(curve, tmp_path / "c.png", worst_case=res["worst_case"], eps_values={"0.02": 0.02})
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="norm='l2'"):
-        evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.1", norm="l2", curve="certified-ibp",
+        evaluation.evaluate_model(model, x, y, attacks=["pgd"], eps="0.1", budget=evaluation.Budget(norm="l2"),
+                                  curve="certified-ibp",
                                   progress=False)

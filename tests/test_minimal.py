@@ -202,9 +202,10 @@ def cnn_digits(tmp_path_factory):
 
 def test_standard_autoattack_and_the_curve_agree_on_a_cnn(cnn_digits, tmp_path):
     path, clf, x, y = cnn_digits
-    res = evaluation.evaluate_model(clf, x, y, attacks=["autoattack"], eps="0.05,0.1", apgd_steps=10,
-                                    apgd_targets=3, fab_steps=10, fab_targets=3, square_queries=50,
-                                    sanity=False, progress=False, curve="fmn+fab-t", fmn_steps=50)
+    res = evaluation.evaluate_model(clf, x, y, attacks=["autoattack"], eps="0.05,0.1",
+                                    budget=evaluation.Budget(apgd_steps=10, apgd_targets=3, fab_steps=10,
+                                                             fab_targets=3, square_queries=50, fmn_steps=50),
+                                    sanity=False, progress=False, curve="fmn+fab-t")
     assert list(res["attacks"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert res["settings"]["fab-t"]["targets"] == 3 and res["settings"]["fab-t"]["minimal_norm"]
     acc = res["attacks"]

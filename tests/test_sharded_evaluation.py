@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tfrobust import keyed_random, norms, training
-from tfrobust.attacks import apgd, pgd, square
+from tfrobust.attacks import Budget, apgd, pgd, square
 from tfrobust.evaluation import evaluate_model
 from tfrobust.evaluation.sharded import ChunkStore, Shard, chunk_slices, owned_chunks, shard_of
 
@@ -95,8 +95,8 @@ def _comparable(result):
     return out
 
 
-KW = dict(attacks=["fgsm", "pgd", "autoattack-lite"], eps="0.05,0.1", steps=3, apgd_steps=5,
-          square_queries=40, progress=False)
+KW = dict(attacks=["fgsm", "pgd", "autoattack-lite"], eps="0.05,0.1",
+          budget=Budget(steps=3, apgd_steps=5, square_queries=40), progress=False)
 
 
 def test_same_report_for_any_batch_size_and_two_replicas():

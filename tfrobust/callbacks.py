@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks import AttackConfig
+from tfrobust.attacks import AttackConfig, as_attack
 
 __all__ = ["RobustnessMonitor", "CLEAN_ACCURACY_KEY", "robust_accuracy_key", "log_values"]
 
@@ -44,10 +44,7 @@ def robust_accuracy_key(attack: str) -> str:
 
 def _as_attack(name: str, attack):
     if isinstance(attack, dict):
-        if attack.get("name") == "kl_pgd":
-            from tfrobust.objectives import KLAttack
-            return KLAttack(**{k: v for k, v in attack.items() if k != "name"})
-        return AttackConfig(**attack)
+        return as_attack(attack)
     if not callable(attack):
         raise ValueError(f"attack {name!r}={attack!r} must be an AttackConfig or a dict of its fields")
     return attack

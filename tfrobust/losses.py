@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrobust.names import ATTACK_LOSSES
+
 __all__ = [
     "logits_of",
     "cross_entropy",
@@ -22,8 +24,6 @@ __all__ = [
     "check_logits",
 ]
 
-ATTACK_LOSSES = ("ce", "cw", "dlr")
-"""Loss names the attacks accept."""
 
 
 def _labels(y: tf.Tensor) -> tf.Tensor:

@@ -5,10 +5,13 @@ The command line lists them in ``--help`` without loading TensorFlow
 import them from here.
 """
 
-__all__ = ["NORMS", "PENALTY_NORMS", "STRATEGIES", "BOUND_METHODS"]
+__all__ = ["NORMS", "ATTACK_LOSSES", "PENALTY_NORMS", "STRATEGIES", "BOUND_METHODS"]
 
 NORMS = ("linf", "l2")
 """Threat norms the attacks support."""
+
+ATTACK_LOSSES = ("ce", "cw", "dlr")
+"""Losses an attack can climb (``tfrobust.losses.attack_loss``)."""
 
 PENALTY_NORMS = ("l1", "l2", "l2_squared", "linf")
 """Norms R for gradient penalties ``R(∇_x f)``."""

@@ -74,8 +74,8 @@ def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int =
         model.save(out / f"{name}.keras")
         print(f"[quickstart] evaluating {name}", file=sys.stderr)
         result = evaluation.evaluate_model(
-            model, x_test, y_test, attacks=ATTACKS + ("pgd",), eps=",".join(EPS), steps=10,
-            step_size={"bim": 0.1, "cw": 0.1, "pgd": None},
+            model, x_test, y_test, attacks=ATTACKS + ("pgd",), eps=",".join(EPS),
+            budget=evaluation.Budget(steps=10, step_size={"bim": 0.1, "cw": 0.1, "pgd": None}),
             meta={"model": str(out / f"{name}.keras"), "dataset": "mnist", "split": "test"})
         result["train_seconds"] = round(train_seconds, 1)
         history = json.loads((out / "runs" / name / "history.json").read_text())

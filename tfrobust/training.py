@@ -40,7 +40,7 @@ from tfrobust import data, models, recipes
 from tfrobust.names import STRATEGIES
 from tfrobust.utils import atomic_write_text
 from tfrobust import objectives as objectives_module
-from tfrobust.attacks import AttackConfig
+from tfrobust.attacks import as_attack
 from tfrobust.callbacks import CLEAN_ACCURACY_KEY, RobustnessMonitor, robust_accuracy_key
 
 __all__ = [
@@ -149,8 +149,8 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
             raise ValueError(f"config {where!r}: unknown monitor settings {sorted(unknown)}")
         for name, attack in monitor["attacks"].items():
             try:
-                AttackConfig(**attack)
-            except TypeError as err:
+                as_attack(attack)
+            except ValueError as err:
                 raise ValueError(f"config {where!r}: monitor attack {name!r}: {err}") from None
     keep_best = config.get("keep_best")
     if keep_best is not None and not config["train"]["validation_n"]:
@@ -442,7 +442,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
         # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:
         # Keras calls callbacks in list order, and the ones below read the accuracies it logs.
         callbacks.append(RobustnessMonitor(
-            x_val, y_val, {k: AttackConfig(**v) for k, v in monitor["attacks"].items()},
+            x_val, y_val, {k: as_attack(v) for k, v in monitor["attacks"].items()},
             log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
             every_n_epochs=int(monitor.get("every_n_epochs", 1)),
             batch_size=int(monitor.get("batch_size", 256)), clip=model.clip,

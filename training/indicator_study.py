@@ -115,7 +115,7 @@ def measure(model, x_ind, y_ind, x_eval, y_eval, *, k: int) -> dict:
     indicator_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = evaluation.evaluate_model(clf, x_eval, y_eval, attacks=("fgsm", "bim", "cw"), eps=",".join(EPS),
-                                   steps=10, progress=False)
+                                   budget=evaluation.Budget(steps=10), progress=False)
     attack_seconds = time.perf_counter() - t0
     values = {
         "jacobian_l1": summary["jacobian"]["l1"]["mean"],

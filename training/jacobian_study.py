@@ -96,7 +96,8 @@ def run_one(run: dict, out: Path, n_eval: int, command: str) -> dict:
     x, y = data.load("mnist", "train")
     x_val, y_val = x[len(x) - N_VAL:][:n_eval], y[len(y) - N_VAL:][:n_eval]
     result = evaluation.evaluate_model(model, x_val, y_val, attacks=PAPER_ATTACKS, eps=",".join(EPS),
-                                       steps=10, step_size=0.1, sanity=False, progress=False,
+                                       budget=evaluation.Budget(steps=10, step_size=0.1), sanity=False,
+                                       progress=False,
                                        meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
     row = {"run": name, "settings": run, "recipe": recipe(run), "command": command, "commit": utils.source_commit(HERE),
            "hardware": utils.hardware(), "train_seconds": round(train_seconds, 1),

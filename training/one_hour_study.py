@@ -104,7 +104,8 @@ def validate(model, targets: int, n_eval: int = N_VAL) -> dict:
     x, y = data.load("mnist", "train")
     x_val, y_val = x[len(x) - N_VAL:][:n_eval], y[len(y) - N_VAL:][:n_eval]
     return evaluation.evaluate_model(model, x_val, y_val, attacks=["apgd-ce", "apgd-t"],
-                                     eps=str(EPS), cascade=True, apgd_targets=targets, sanity=False, progress=False,
+                                     eps=str(EPS), cascade=True, budget=evaluation.Budget(apgd_targets=targets),
+                                     sanity=False, progress=False,
                                      meta={"split": f"train[-{N_VAL}:][:{n_eval}] (validation)"})
 
 

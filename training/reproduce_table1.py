@@ -70,11 +70,12 @@ def run_one(key: str, args: argparse.Namespace, x_test, y_test) -> dict:
     train_seconds = training.train_seconds(out) or wall
     meta = {"model": str(out / "model.keras"), "dataset": "mnist", "split": "test"}
     result = evaluation.evaluate_model(model, x_test, y_test, attacks=PAPER_ATTACKS, eps=",".join(EPS),
-                                       steps=10, step_size=0.1, meta=meta)
+                                       budget=evaluation.Budget(steps=10, step_size=0.1), meta=meta)
     m = args.n_strong
     result["strong"] = evaluation.evaluate_model(
         model, x_test[:m], y_test[:m], attacks=["apgd-ce", "apgd-dlr", "square"], eps=",".join(EPS),
-        cascade=True, apgd_steps=args.apgd_steps, square_queries=args.square_queries, meta=meta)
+        cascade=True, budget=evaluation.Budget(apgd_steps=args.apgd_steps, square_queries=args.square_queries),
+        meta=meta)
     result["train_seconds"] = round(train_seconds, 1)
     result["eval_seconds"] = round(time.time() - start - wall, 1)
     result["recipe"] = RECIPES[key]

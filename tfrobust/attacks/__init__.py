@@ -16,6 +16,9 @@ Croce & Hein 2020) and the score-based black-box :func:`square` attack
 minimal-norm attacks :func:`fab` (FAB and FAB-T, Croce & Hein 2020) and :func:`fmn`
 (Pintor et al. 2021) return ``(x_adv, distance)``: the closest adversarial point found per
 example and its distance, from which one run gives the accuracy at every eps.
+
+Every attack is registered by one :class:`~tfrobust.attack_specs.AttackSpec`
+(:data:`SPECS`); :class:`AttackConfig`, the evaluation registry and :class:`Budget` read them.
 """
 
 from tfrobust.attacks.apgd import apgd, apgd_checkpoints
@@ -26,9 +29,13 @@ from tfrobust.attacks.registry import (
                                        ATTACKS,
                                        CASCADES,
                                        EVAL_ATTACK_REGISTRY,
+                                       SPECS,
                                        AttackConfig,
+                                       AttackSpec,
                                        Budget,
                                        EvalAttack,
+                                       as_attack,
+                                       attack_spec,
                                        eval_attack,
                                        get_attack,
 )
@@ -50,6 +57,10 @@ __all__ = [
     "ATTACKS",
     "get_attack",
     "AttackConfig",
+    "as_attack",
+    "AttackSpec",
+    "SPECS",
+    "attack_spec",
     "Budget",
     "EvalAttack",
     "EVAL_ATTACK_REGISTRY",

@@ -1,14 +1,13 @@
-"""TRADES' inner maximisation: PGD on the KL divergence, and :class:`KLAttack`."""
+"""TRADES' inner maximisation: PGD on the KL divergence, and :func:`KLAttack`."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, ClassVar
+from typing import Callable
 
 import tensorflow as tf
 
 from tfrobust import losses, norms
-from tfrobust.attacks.base import check_number, clip_to_range, default_step_size, prepare_inputs, scale_radius
+from tfrobust.attacks.base import clip_to_range, prepare_inputs
 from tfrobust.utils import scalar
 
 __all__ = [
@@ -74,49 +73,13 @@ def kl_pgd(model: Callable, x, *, eps: float, steps: int, step_size: float, norm
     return tf.stop_gradient(clip_to_range(x_adv, clip))
 
 
-@dataclasses.dataclass(frozen=True)
-class KLAttack:
-    """TRADES' training attack as a point of a :class:`StepContext` (see :func:`kl_pgd`).
+def KLAttack(eps: float = 0.3, steps: int = 10, step_size: float | None = None, norm: str = "linf",
+             init_std: float = 0.001):  # pylint: disable=invalid-name  (it was a class in 0.1)
+    """TRADES' training attack: ``AttackConfig(name="kl_pgd", ...)`` (see :func:`kl_pgd`).
 
-    Behaves like an :class:`~tfrobust.attacks.AttackConfig` for objectives: it
-    is hashable, called as ``attack(model, x, y, clip=..., training=...)``
-    (``y`` is ignored) and serialises with :meth:`to_dict` (``name`` =
-    ``"kl_pgd"``). TRADES' published settings: MNIST eps 0.3, 40 steps of
-    0.01; CIFAR-10 eps 8/255 (0.031), 10 steps of 0.007.
-    ``step_size=None`` means ``2.5 * eps / steps``.
+    ``y`` is ignored when it runs. TRADES' published settings: MNIST eps 0.3, 40 steps of
+    0.01; CIFAR-10 eps 8/255 (0.031), 10 steps of 0.007. ``step_size=None`` means
+    ``2.5 * eps / steps``.
     """
-
-    eps: float = 0.3
-    steps: int = 10
-    step_size: float | None = None
-    norm: str = "linf"
-    init_std: float = 0.001
-
-    name: ClassVar[str] = "kl_pgd"
-    loss: ClassVar[str] = "kl"
-    targeted: ClassVar[bool] = False
-    random_start: ClassVar[bool] = True
-
-    def __post_init__(self):
-        check_number("eps", self.eps)
-        check_number("steps", self.steps, integer=True)
-        if self.step_size is not None:
-            check_number("step_size", self.step_size)
-        check_number("init_std", self.init_std)
-        norms.validate_norm(self.norm)
-
-    @property
-    def resolved_step_size(self) -> float:
-        """The step size actually used."""
-        return default_step_size(self.eps, self.steps) if self.step_size is None else float(self.step_size)
-
-    def __call__(self, model: Callable, x, y=None, *, clip=(0.0, 1.0), training: bool = False,
-                 eps_scale: float | tf.Tensor | None = None) -> tf.Tensor:
-        """Runs the attack on a batch (``y`` is not used); ``eps_scale`` as in AttackConfig."""
-        eps, step_size = scale_radius(self.eps, self.resolved_step_size, eps_scale)
-        return kl_pgd(model, x, eps=eps, steps=self.steps, step_size=step_size,
-                      norm=self.norm, init_std=self.init_std, clip=clip, training=training)
-
-    def to_dict(self) -> dict:
-        """JSON-friendly description, with ``name`` so it parses back."""
-        return {"name": self.name, **dataclasses.asdict(self)}
+    from tfrobust.attacks.registry import AttackConfig  # pylint: disable=import-outside-toplevel
+    return AttackConfig(name="kl_pgd", eps=eps, steps=steps, step_size=step_size, norm=norm, init_std=init_std)

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from tfrobust.attack_specs import CASCADES, EVAL_ATTACK_REGISTRY, KNOBS, Budget, eval_attack
 from tfrobust.names import BOUND_METHODS, NORMS, STRATEGIES
 
 __all__ = [
@@ -24,26 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=None,
                         help="first N examples (default: 1000, or the whole split if smaller)")
     parser.add_argument("--attacks", default="fgsm,bim,cw",
-                        help="comma-separated names from the attack registry, or a cascade: "
-                             "autoattack (standard: apgd-ce -> apgd-t -> fab-t -> square) or "
-                             "autoattack-lite (apgd-ce -> apgd-dlr -> square); default fgsm,bim,cw; "
-                             "an unknown name lists them all")
+                        help="comma-separated attacks: " + ", ".join(EVAL_ATTACK_REGISTRY)
+                             + "; or a cascade: " + "; ".join(f"{name} ({' -> '.join(stages)})"
+                                                              for name, stages in CASCADES.items())
+                             + "; default fgsm,bim,cw; an unknown name lists them all")
     parser.add_argument("--cascade", action="store_true",
                         help="run the attack list as one cascade: each attack sees only the examples "
                              "the earlier ones did not break")
     parser.add_argument("--eps", default="0.1,0.2,0.3", help="comma-separated eps, e.g. 0.1,8/255")
-    parser.add_argument("--steps", type=int, default=10, help="iterations of bim, pgd and cw")
+    for knob in KNOBS:  # the budget of every registered attack (tfrobust.attack_specs)
+        parser.add_argument(knob.flag, type=int, default=knob.default, help=knob.help)
     parser.add_argument("--step-size", type=float, default=None,
-                        help="step of iterative attacks (default 2.5*eps/steps)")
-    parser.add_argument("--apgd-steps", type=int, default=100,
-                        help="iterations of apgd-ce, apgd-dlr and each apgd-t run (default 100, as published)")
-    parser.add_argument("--apgd-targets", type=int, default=9,
-                        help="target classes of apgd-t, from the runner-up down (default 9, as in AutoAttack)")
-    parser.add_argument("--square-queries", type=int, default=5000,
-                        help="query budget of square (default 5000, as in AutoAttack)")
-    parser.add_argument("--fab-steps", type=int, default=100, help="iterations of each fab / fab-t run (default 100)")
-    parser.add_argument("--fab-targets", type=int, default=9, help="target classes of fab-t (default 9)")
-    parser.add_argument("--fmn-steps", type=int, default=100, help="iterations of fmn (default 100)")
+                        help="step of bim, pgd and cw (default 2.5*eps/steps)")
     parser.add_argument("--curve", default=None, metavar="ATTACK",
                         help="also run this minimal-norm attack once (fab, fab-t, fmn, fmn+fab or fmn+fab-t): the "
                              "distance per example and the accuracy at every eps, in the JSON under 'curve'; "
@@ -99,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--attacks: {name!r} is unknown; choose from {','.join(EVAL_ATTACKS)}")
     if not attack_names:
         raise ValueError(f"--attacks={args.attacks!r} names no attack")
-    for flag in ("steps", "apgd_steps", "square_queries", "apgd_targets", "fab_steps", "fab_targets",
-                 "fmn_steps"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
-    if args.norm != "linf" and any(a in ("square", "autoattack", "autoattack-lite") for a in attack_names):
-        raise ValueError(f"--norm={args.norm}: square (also in autoattack and autoattack-lite) supports only linf")
+    for knob in KNOBS:
+        if getattr(args, knob.name) < 1:
+            raise ValueError(f"{knob.flag}={getattr(args, knob.name)} must be >= 1")
+    for name in attack_names:
+        for attack in CASCADES.get(name, (name,)):
+            if args.norm not in eval_attack(attack).spec.norms:
+                raise ValueError(f"--norm={args.norm}: {attack}" + (f" (in {name})" if name != attack else "")
+                                 + f" supports only {','.join(eval_attack(attack).spec.norms)}")
     if args.curve is not None and args.curve not in CURVE_ATTACKS + CERTIFIED_CURVES:
         raise ValueError(f"--curve={args.curve!r} is unknown; choose one of "
                          f"{','.join(CURVE_ATTACKS + CERTIFIED_CURVES)}")
@@ -130,13 +125,12 @@ def run(args: argparse.Namespace) -> int:
     if expected is not None and tuple(x.shape[1:]) != expected:
         raise ValueError(f"--dataset {args.dataset!r} has images of shape {x.shape[1:]}, "
                          f"but the model expects {expected}")
-    result = evaluate_model(model, x, y, attacks=attack_names, eps=eps_list, steps=args.steps,
-                            step_size=args.step_size, norm=args.norm, batch_size=args.batch_size,
-                            seed=args.seed, sanity=not args.no_sanity, cascade=args.cascade,
-                            apgd_steps=args.apgd_steps, square_queries=args.square_queries,
-                            apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
-                            fab_targets=args.fab_targets, fmn_steps=args.fmn_steps, curve=args.curve,
-                            certify=args.certify, strategy=strategy, cluster=cluster, resume=args.resume,
+    budget = Budget(step_size=args.step_size, norm=args.norm,
+                    **{knob.name: getattr(args, knob.name) for knob in KNOBS})
+    result = evaluate_model(model, x, y, attacks=attack_names, eps=eps_list, budget=budget,
+                            batch_size=args.batch_size, seed=args.seed, sanity=not args.no_sanity,
+                            cascade=args.cascade, curve=args.curve, certify=args.certify,
+                            strategy=strategy, cluster=cluster, resume=args.resume,
                             meta={"model": str(args.model), "dataset": args.dataset, "split": args.split})
     if result is None:
         print("this worker finished its chunks; the chief merges them and writes the report")

@@ -23,6 +23,7 @@ attack failed on, and a worst case that moves with the random seed.
 The result is the evaluation JSON of docs/architecture.md
 """
 
+from tfrobust.attacks import Budget
 from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade
 from tfrobust.evaluation.curve import CERTIFIED_CURVES, CURVE_ATTACKS, accuracy_at, minimal_distances, plot_curve
@@ -31,6 +32,7 @@ from tfrobust.evaluation.sanity import sanity_checks, seed_tolerance
 
 __all__ = [
     "evaluate_model",
+    "Budget",
     "verified_examples",
     "certified_radii",
     "soundness_check",

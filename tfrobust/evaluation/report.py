@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Sequence
 
 import keras
@@ -15,11 +16,10 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfrobust import losses
-from tfrobust.attacks import AttackConfig
+from tfrobust.attacks import CASCADES, AttackConfig, Budget, eval_attack
 from tfrobust.models import load_model, unwrap
 from tfrobust.names import BOUND_METHODS
 from tfrobust.utils import as_arrays, check_choice, check_range
-from tfrobust.attacks import Budget, eval_attack
 from tfrobust.evaluation.cascade import (Draws, attack_settings, attacks_where, reseed,
                                          correct_under, predict_labels, run_attacks, expand_attacks)
 from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
@@ -30,6 +30,7 @@ from tfrobust.evaluation.sanity import SEED_SUBSET, black_box_gain, gradient_sta
 
 __all__ = [
     "evaluate_model",
+    "check_norm_support",
     "load_model",
     "parse_eps_list",
     "format_table",
@@ -143,9 +144,7 @@ def evaluate_model(
     *,
     attacks: Sequence[str] = ("fgsm", "bim", "cw"),
     eps: Sequence[tuple[str, float]] | str = "0.1,0.2,0.3",
-    steps: int = 10,
-    step_size: float | dict[str, float | None] | None = None,
-    norm: str = "linf",
+    budget: Budget | None = None,
     clip: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 250,
     seed: int = 0,
@@ -153,17 +152,12 @@ def evaluate_model(
     progress: bool = True,
     meta: dict | None = None,
     cascade: bool = False,
-    apgd_steps: int = 100,
-    square_queries: int = 5000,
-    apgd_targets: int = 9,
-    fab_steps: int = 100,
-    fab_targets: int = 9,
-    fmn_steps: int = 100,
     curve: str | None = None,
     certify: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
     cluster: tf.distribute.cluster_resolver.ClusterResolver | None = None,
     resume: str | os.PathLike | None = None,
+    **deprecated,
 ) -> dict | None:
     """Accuracy of ``model`` under every attack at every eps (docs/architecture.md JSON).
 
@@ -180,10 +174,9 @@ def evaluate_model(
             AutoAttack cascade APGD-CE → APGD-T → FAB-T → Square, ``autoattack-lite``
             APGD-CE → APGD-DLR → Square (see :func:`expand_attacks`).
         eps: ``[(text, value), ...]`` or a comma-separated string.
-        steps: iterations of BIM, PGD and C&W.
-        step_size: their step; ``None`` means ``2.5 * eps / steps``; a dict gives
-            one per attack name (missing names get ``None``).
-        norm: threat norm (Square needs ``"linf"``).
+        budget: how hard the attacks try (:class:`~tfrobust.attacks.Budget`: steps, step sizes,
+            the threat norm, APGD/Square/FAB/FMN budgets; default ``Budget()``, the published
+            settings). Target counts are capped at the model's classes - 1.
         clip: valid input range.
         batch_size: examples per attack batch, and per chunk of a sharded or resumable run.
         seed: keys the random starts and Square's search, with each example's global index.
@@ -194,13 +187,6 @@ def evaluate_model(
         cascade: run the whole attack list as one cascade, in order: each
             attack only sees the examples the earlier ones did not break, and
             its accuracy is the accuracy after it.
-        apgd_steps: iterations of APGD-CE and APGD-DLR (published: 100).
-        square_queries: query budget of Square (AutoAttack standard: 5000).
-        apgd_targets: target classes APGD-T tries per example, from the
-            runner-up down (AutoAttack standard: 9); capped at classes - 1.
-        fab_steps: iterations of each FAB and FAB-T run (standard: 100).
-        fab_targets: target classes of FAB-T (standard: 9); capped at classes - 1.
-        fmn_steps: iterations of FMN.
         curve: also run this minimal-norm attack (``fab``, ``fab-t``, ``fmn``, or
             ``fmn+fab`` / ``fmn+fab-t``, the per-example minimum of the two; or the certified
             radii of ``certified-ibp`` / ``certified-crown-ibp``, L∞) once and add
@@ -218,19 +204,23 @@ def evaluate_model(
         resume: a directory (shared by all workers) where each finished chunk is written
             atomically; a run given the same directory skips the finished chunks. Needed with
             more than one worker.
+        **deprecated: the budget's fields as keywords (``steps=``, ``norm=``, ``apgd_steps=``, ...),
+            as before 0.2; they warn (DeprecationWarning) and will be removed: pass ``budget=``.
+
 
     Returns:
         The evaluation dict; ``None`` on a worker that is not the chief (the chief merges
         every worker's chunks and writes the one report).
 
     Raises:
-        ValueError: naming a bad argument, or a resume directory holding another evaluation.
+        TypeError: on an unknown keyword, or ``budget=`` together with its fields as keywords.
+        ValueError: naming a bad value, an attack that does not support the norm, a model with
+            too few classes for an attack, or a resume directory holding another evaluation.
     """
     eps_list = parse_eps_list(eps) if isinstance(eps, str) else list(eps)
     order, stages = expand_attacks(list(attacks), cascade)
-    budget = Budget(steps=steps, step_size=step_size, norm=norm, apgd_steps=apgd_steps,
-                    square_queries=square_queries, apgd_targets=apgd_targets, fab_steps=fab_steps,
-                    fab_targets=fab_targets, fmn_steps=fmn_steps)
+    budget = _budget(budget, deprecated)
+    norm = budget.norm
     if curve is not None:
         check_curve_attack(curve)
         if curve in CERTIFIED_CURVES and norm != "linf":
@@ -239,8 +229,7 @@ def evaluate_model(
         check_choice("certify", certify, BOUND_METHODS)
         if norm != "linf":
             raise ValueError(f"norm={norm!r}: certify={certify!r} proves L∞ balls only")
-    if "square" in order and norm != "linf":
-        raise ValueError(f"norm={norm!r}: the square attack (also part of autoattack) supports only linf")
+    check_norm_support(order, norm, attacks)
     shard = shard_of(cluster if cluster is not None else getattr(strategy, "cluster_resolver", None))
     if shard.workers > 1 and resume is None:
         raise ValueError(f"an evaluation over {shard.workers} workers needs resume=DIR, a directory "
@@ -259,14 +248,13 @@ def evaluate_model(
     y = y.astype(np.int64, copy=False)
     n = len(x)
     num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
-    if "apgd-dlr" in order and num_classes < 3:
-        raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {num_classes}")
+    for name in order:
+        need = eval_attack(name).min_classes
+        if num_classes < need:
+            raise ValueError(f"{name} needs at least {need} classes, the model has {num_classes}")
     if curve is not None and num_classes < 2:
         raise ValueError(f"a curve needs at least 2 classes, the model has {num_classes}")
-    if "apgd-t" in order and num_classes < 4:
-        raise ValueError(f"apgd-t needs at least 4 classes, the model has {num_classes}")
-    budget = dataclasses.replace(budget, apgd_targets=min(int(apgd_targets), num_classes - 1),
-                                 fab_targets=min(int(fab_targets), num_classes - 1))
+    budget = budget.capped(num_classes)
     plan = _Plan(order, stages, eps_list, budget, int(batch_size), tuple(clip), certify, curve)
     local = _local_strategy(strategy, shard)
     store = ChunkStore(resume, {} if resume is None else fingerprint(
@@ -305,11 +293,11 @@ def evaluate_model(
     if sanity:
         gain = black_box_gain(runs, order, eps_list) if "square" in order else None
         seeds = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
-                          plan.make_config, robust_all, runs, seed=seed, steps=steps, norm=norm,
+                          plan.make_config, robust_all, runs, seed=seed, steps=budget.steps, norm=norm,
                           batch_size=batch_size, clip=clip, bar=bar, strategy=local)
         m_unb = min(n, 500)
         width = float(clip[1] - clip[0])
-        unbounded = AttackConfig(name="pgd", eps=width, steps=max(steps, 20), step_size=width / 10,
+        unbounded = AttackConfig(name="pgd", eps=width, steps=max(budget.steps, 20), step_size=width / 10,
                                  norm="linf", loss="cw")
         bar.set_postfix_str("sanity: unbounded pgd")
         unbounded_acc = float(correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
@@ -333,6 +321,33 @@ def evaluate_model(
                               "chunk_size": int(batch_size)}
     result["seconds"] = round(time.time() - start, 2)
     return result
+
+
+def _budget(budget: Budget | None, deprecated: dict) -> Budget:
+    """``budget``, or one built from the budget keywords of 0.1 (with a DeprecationWarning)."""
+    fields = [f.name for f in dataclasses.fields(Budget)]
+    unknown = sorted(set(deprecated) - set(fields))
+    if unknown:
+        raise TypeError(f"evaluate_model() got unexpected keyword arguments {unknown}")
+    if not deprecated:
+        return Budget() if budget is None else budget
+    if budget is not None:
+        raise TypeError(f"evaluate_model(): pass budget= or the keywords {sorted(deprecated)}, not both")
+    given = ", ".join(f"{k}={v!r}" for k, v in deprecated.items())
+    warnings.warn(f"evaluate_model({given}) is deprecated and goes in the next release; pass "
+                  f"budget=Budget({given})", DeprecationWarning, stacklevel=3)
+    return Budget(**deprecated)
+
+
+def check_norm_support(order: Sequence[str], norm: str, requested: Sequence[str] = ()) -> None:
+    """Raises ValueError naming the first attack of ``order`` whose spec does not support ``norm``
+    (and the cascade of ``requested`` it came from)."""
+    for name in order:
+        norms = eval_attack(name).spec.norms
+        if norm not in norms:
+            within = [c for c in requested if c in CASCADES and name in CASCADES[c]]
+            note = f" (also part of {', '.join(within)})" if within else ""
+            raise ValueError(f"norm={norm!r}: the {name} attack{note} supports only {', '.join(norms)}")
 
 
 def format_table(result: dict) -> str:

@@ -19,7 +19,7 @@ Terms: :class:`CrossEntropy`, :class:`AdversarialTraining`,
 :class:`CertifiedTraining` (IBP and CROWN-IBP; base losses), :class:`GaussianNoise` (training
 for randomized smoothing; a base loss) with :class:`Consistency` (its penalty) and :class:`DecisionJacobian`, :class:`InputGradient`,
 :class:`EffectiveMargin` (penalties). TRADES' KL attack is a
-:class:`KLAttack` point, usable wherever an attack config is.
+:func:`KLAttack` point, usable wherever an attack config is.
 
 Example::
 

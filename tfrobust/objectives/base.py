@@ -7,9 +7,8 @@ from typing import Iterable, Sequence
 import keras
 import tensorflow as tf
 
-from tfrobust import losses
+from tfrobust import attacks, losses
 from tfrobust.attacks import AttackConfig
-from tfrobust.attacks.kl import KLAttack
 from tfrobust.objectives.context import CLEAN, StepContext
 from tfrobust.utils import scalar
 
@@ -73,13 +72,8 @@ class Term:
 
 
 def as_attack(config) -> AttackConfig:
-    if isinstance(config, (AttackConfig, KLAttack)):
-        return config
-    if isinstance(config, dict):
-        if config.get("name") == KLAttack.name:
-            return KLAttack(**{k: v for k, v in config.items() if k != "name"})
-        return AttackConfig(**config)
-    raise ValueError(f"attack={config!r} must be an AttackConfig, a KLAttack or a dict of its fields")
+    """A training attack from a config or a dict of its fields (:func:`tfrobust.attacks.as_attack`)."""
+    return attacks.as_attack(config, use="training")
 
 
 def as_point(at) -> str | AttackConfig:

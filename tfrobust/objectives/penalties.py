@@ -354,7 +354,7 @@ class EffectiveMargin(Term):
 
     At ``at`` (``"clean"`` or an attack config: the authors use the
     adversarial training point, e.g. the same PGD-10 config as
-    :class:`AdversarialTraining`, or TRADES' :class:`KLAttack`), with the
+    :class:`AdversarialTraining`, or TRADES' :func:`KLAttack`), with the
     network in inference mode (``training=False``)::
 
         p = stop_gradient(softmax(z(x) / T))      # T = ``temperature``
@@ -381,7 +381,7 @@ class EffectiveMargin(Term):
         lam: per-sample coefficient (see above).
         temperature: softmax temperature ``T`` of the stop-gradient weights
             (authors: 40 for AT-EMR, 1 for TRADES-EMR, 0.1 for MAIL-EMR).
-        at: ``"clean"``, an :class:`AttackConfig`, a :class:`KLAttack`, or a dict of either.
+        at: ``"clean"``, an :class:`AttackConfig`, a :func:`KLAttack`, or a dict of either.
         training: ``training`` flag of the penalty's forward pass; ``False``
             (inference mode, as the authors) or ``None`` for the step's flag
             (shares the forward pass with the loss).

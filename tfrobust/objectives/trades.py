@@ -23,7 +23,7 @@ __all__ = [
 class Trades(Term):
     """TRADES (Zhang et al. 2019): ``CE(z(x), y) + beta * KL(p(x) || p(x'))``.
 
-    ``x'`` maximises the KL (:class:`KLAttack`, generated in inference mode
+    ``x'`` maximises the KL (:func:`KLAttack`, generated in inference mode
     once per step); the loss's two forward passes use the step's ``training``
     flag and the gradient flows through both distributions, as in the
     authors' code (``KLDivLoss`` with batch-mean reduction = our per-example
@@ -32,13 +32,13 @@ class Trades(Term):
 
     Args:
         beta: weight of the KL term.
-        attack: a :class:`KLAttack` (default ``KLAttack()``), or any
+        attack: a :func:`KLAttack` (default ``KLAttack()``), or any
             :class:`AttackConfig` for a label-based variant.
     """
 
     name = "trades"
 
-    def __init__(self, beta: float = 6.0, attack: "KLAttack | AttackConfig | dict | None" = None):
+    def __init__(self, beta: float = 6.0, attack: "AttackConfig | dict | None" = None):
         self.beta = check_coefficient("beta", beta)
         self.attack = KLAttack() if attack is None else as_attack(attack)
 
@@ -95,7 +95,7 @@ class Mart(Term):
 
     name = "mart"
 
-    def __init__(self, beta: float = 6.0, attack: "AttackConfig | KLAttack | dict | None" = None):
+    def __init__(self, beta: float = 6.0, attack: "AttackConfig | dict | None" = None):
         self.beta = check_coefficient("beta", beta)
         self.attack = AttackConfig() if attack is None else as_attack(attack)
 
