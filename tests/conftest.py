@@ -18,6 +18,18 @@ except RuntimeError:  # devices already initialised by an earlier import
     pass
 
 
+@pytest.fixture
+def no_random_start(monkeypatch):
+    """Random starts at the centre: ``norms.random_start`` returns zeros, whatever its keywords.
+
+    One-step comparisons (float16 vs float32, jit vs plain, 1 vs 2 devices) need the same start on
+    both sides; the attacks' own keywords (``seed``, ``keys``, ``stream``) are accepted and ignored.
+    """
+    from tfrobust import norms
+
+    monkeypatch.setattr(norms, "random_start", lambda shape, eps, norm, dtype=tf.float32, **_: tf.zeros(shape, dtype))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

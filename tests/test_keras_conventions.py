@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import models, norms
+from tfrobust import models
 from tfrobust.objectives import StepContext, as_objective
 from test_models import OBJECTIVES, data, tiny_cnn
 
@@ -58,12 +58,6 @@ def fd_atol(objective, classifier, x, y):
             slope_factor = 2.0 * float(np.sqrt(term(ctx).numpy() / c).max())
         extra = extra + LR * c * slope_factor * 4.0 * U16 * 2.0 * per_weight / term.h
     return list(extra)
-
-
-@pytest.fixture
-def no_random_start(monkeypatch):
-    monkeypatch.setattr(norms, "random_start", lambda shape, eps, norm, dtype=tf.float32, seed=None:
-                        tf.zeros(shape, dtype))
 
 
 def _one_step(name, x, y, init, *, jit=False, optimizer=None):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import models, norms
+from tfrobust import models
 from tfrobust import objectives as O
 from tfrobust.attacks import AttackConfig
 
@@ -43,7 +43,7 @@ OBJECTIVES = {
     "emr_fd": lambda: O.CrossEntropy() + O.EffectiveMargin(lam=0.5, temperature=2.0,
                                                            method="finite_difference", h=0.1),
     "at_emr": lambda: O.AdversarialTraining(PGD) + O.EffectiveMargin(lam=0.5, temperature=40.0, at=PGD),
-    # KLAttack's Gaussian start is drawn through norms.random_start, so the patch below fixes it too.
+    # KLAttack's Gaussian start is drawn through norms.random_start, so the no_random_start fixture fixes it too.
     "trades": lambda: O.Trades(beta=6.0, attack=O.KLAttack(eps=0.1, steps=2, step_size=0.05)),
     "trades_emr": lambda: (O.Trades(beta=6.0, attack=O.KLAttack(eps=0.1, steps=2, step_size=0.05))
                            + O.EffectiveMargin(lam=0.5, temperature=1.0,
@@ -55,7 +55,7 @@ OBJECTIVES = {
     "jacobian_emr": lambda: O.CrossEntropy() + O.DecisionJacobian(c=0.5) + O.EffectiveMargin(lam=0.5),
     "ibp": lambda: O.CertifiedTraining(eps=0.1, method="ibp", kappa=0.5),
     "crown_ibp": lambda: O.CertifiedTraining(eps=0.1, method="crown-ibp", kappa=0.0, beta=0.5),
-    # The noise is drawn through norms.random_start too, so the tests' patch makes it constant.
+    # The noise is drawn through norms.random_start too, so the no_random_start fixture makes it constant.
     "gaussian_noise": lambda: O.GaussianNoise(sigma=0.25),
     "consistency": lambda: O.GaussianNoise(sigma=0.25, copies=2) + O.Consistency(sigma=0.25, copies=2),
 }
@@ -116,13 +116,11 @@ def _one_step(objective_name, strategy, x, y, init, **kwargs):
 @pytest.mark.parametrize("objective_name,kwargs", [(name, {}) for name in sorted(OBJECTIVES)]
                          + [("pgd_at", {"eps_warmup_steps": 4}),
                             ("jacobian_curvature", {"penalty_warmup_steps": 4})])
-def test_mirrored_step_equals_single_device_step(objective_name, kwargs, monkeypatch):
+def test_mirrored_step_equals_single_device_step(objective_name, kwargs, no_random_start):
     """DESIGN §3.5: weights after one SGD step on 2 logical CPUs equal the 1-device result."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) >= 2, "conftest should create two logical CPU devices"
-    # Random starts differ between one device and two; make them deterministic.
-    monkeypatch.setattr(norms, "random_start", lambda shape, eps, norm, dtype=tf.float32, seed=None:
-                        tf.zeros(shape, dtype))
+    # Random starts differ between one device and two: the fixture puts them at the centre.
     x, y = data(8)
     init = tiny_cnn().get_weights()
     single = _one_step(objective_name, tf.distribute.OneDeviceStrategy(devices[0]), x, y, init, **kwargs)

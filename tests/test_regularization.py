@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import models, norms
+from tfrobust import models
 from tfrobust import objectives as O
 from test_models import OBJECTIVES, data
 
@@ -55,12 +55,6 @@ def penalty_at(classifier):
     last = classifier.layers[3]
     kernel, s = classifier.layers[2].kernel.numpy(), (last.s if isinstance(last, Scaled) else last.kernel).numpy()
     return L2 * float((kernel.astype(np.float64) ** 2).sum()) + ADDED * float((s.astype(np.float64) ** 2).sum())
-
-
-@pytest.fixture
-def no_random_start(monkeypatch):
-    monkeypatch.setattr(norms, "random_start", lambda shape, eps, norm, dtype=tf.float32, seed=None:
-                        tf.zeros(shape, dtype))
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
