@@ -245,3 +245,13 @@ def test_cli_evaluate_curve_bad_input(cnn_digits, args, needle, capsys):
     code = main(["evaluate", "--model", str(cnn_digits[0]), "--dataset", "digits"] + args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_curve_attacks_come_from_the_registry():
+    minimal = {e.name for s in attacks.SPECS if s.minimal for e in s.evaluations}
+    assert set(evaluation.MINIMAL_ATTACKS) == minimal == {"fab", "fab-t", "fmn"}
+    for name in evaluation.CURVE_ATTACKS + evaluation.CERTIFIED_CURVES + ("fab+fmn", "fab-t+fab+fmn"):
+        assert evaluation.check_curve_attack(name) == name
+    for bad in ("pgd", "fmn+pgd", "fmn+fmn", "fmn+", ""):
+        with pytest.raises(ValueError, match=repr(bad).replace("+", r"\+")):
+            evaluation.check_curve_attack(bad)

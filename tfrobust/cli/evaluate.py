@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from tfrobust.attack_specs import CASCADES, EVAL_ATTACK_REGISTRY, KNOBS, Budget, eval_attack
+from tfrobust.attack_specs import CASCADES, EVAL_ATTACK_REGISTRY, KNOBS, SPECS, Budget, eval_attack
 from tfrobust.names import BOUND_METHODS, NORMS, STRATEGIES
 
 __all__ = [
@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-size", type=float, default=None,
                         help="step of bim, pgd and cw (default 2.5*eps/steps)")
     parser.add_argument("--curve", default=None, metavar="ATTACK",
-                        help="also run this minimal-norm attack once (fab, fab-t, fmn, fmn+fab or fmn+fab-t): the "
+                        help="also run this minimal-norm attack once ("
+                             + ", ".join(e.name for s in SPECS if s.minimal for e in s.evaluations)
+                             + ", or several joined by '+', as fmn+fab: the smaller distance per example): the "
                              "distance per example and the accuracy at every eps, in the JSON under 'curve'; "
                              "or certified-ibp / certified-crown-ibp: each example's certified radius, so the "
                              "certified accuracy at every eps")
@@ -82,7 +84,7 @@ def _distribution(name: str, resume: str | None):
 def run(args: argparse.Namespace) -> int:
     """Runs ``tfrobust evaluate``."""
     from tfrobust import data  # pylint: disable=import-outside-toplevel
-    from tfrobust.evaluation import (CERTIFIED_CURVES, CURVE_ATTACKS, EVAL_ATTACKS, evaluate_model,  # pylint: disable=import-outside-toplevel
+    from tfrobust.evaluation import (EVAL_ATTACKS, check_curve_attack, evaluate_model,  # pylint: disable=import-outside-toplevel
                                      format_table, parse_eps_list, plot_curve)
     from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
 
@@ -100,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
             if args.norm not in eval_attack(attack).spec.norms:
                 raise ValueError(f"--norm={args.norm}: {attack}" + (f" (in {name})" if name != attack else "")
                                  + f" supports only {','.join(eval_attack(attack).spec.norms)}")
-    if args.curve is not None and args.curve not in CURVE_ATTACKS + CERTIFIED_CURVES:
-        raise ValueError(f"--curve={args.curve!r} is unknown; choose one of "
-                         f"{','.join(CURVE_ATTACKS + CERTIFIED_CURVES)}")
+    if args.curve is not None:
+        try:
+            check_curve_attack(args.curve)
+        except ValueError as error:
+            raise ValueError(f"--curve={args.curve!r}: {error}") from None
     if args.curve_png and args.curve is None:
         raise ValueError("--curve-png needs --curve ATTACK")
     eps_list = parse_eps_list(args.eps)

@@ -17,11 +17,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfrobust.attacks import Budget, eval_attack
+from tfrobust.attacks import SPECS, Budget, eval_attack
 from tfrobust.utils import batches
 
 __all__ = [
     "CURVE_ATTACKS",
+    "MINIMAL_ATTACKS",
     "CERTIFIED_CURVES",
     "check_curve_attack",
     "minimal_distances",
@@ -30,10 +31,14 @@ __all__ = [
     "plot_curve",
 ]
 
-CURVE_ATTACKS = ("fab", "fab-t", "fmn", "fmn+fab", "fmn+fab-t")
-"""Minimal-norm attacks a curve can come from; ``fmn+fab`` keeps the smaller distance per example
-(the strongest we have: on a 10-class MNIST CNN, 100 steps of untargeted FAB cost about a third
-of FAB-T's 9 targets)."""
+MINIMAL_ATTACKS = tuple(e.name for s in SPECS if s.minimal for e in s.evaluations)
+"""The evaluation entries of the minimal-norm attacks (read off the registry): each can draw a curve,
+and ``+`` joins several into one that keeps the smaller distance per example."""
+
+CURVE_ATTACKS = MINIMAL_ATTACKS + ("fmn+fab", "fmn+fab-t")
+"""The curves the command line lists: each minimal-norm attack, and ``fmn+fab`` (the strongest we
+have: on a 10-class MNIST CNN, 100 steps of untargeted FAB cost about a third of FAB-T's 9 targets).
+Any other ``+`` join of :data:`MINIMAL_ATTACKS` is accepted too."""
 
 CERTIFIED_CURVES = ("certified-ibp", "certified-crown-ibp")
 """Curves from certified radii (:func:`tfrobust.evaluation.certified_radii`): certified accuracy at every
@@ -43,13 +48,17 @@ _GRID = 101
 
 
 def check_curve_attack(name: str) -> str:
-    """Returns ``name`` if a curve can be drawn from it.
+    """Returns ``name`` if a curve can be drawn from it: a certified curve, or one or more distinct
+    minimal-norm attacks joined by ``+``.
 
     Raises:
         ValueError: naming the bad value and the choices.
     """
-    if name not in CURVE_ATTACKS + CERTIFIED_CURVES:
-        raise ValueError(f"curve attack {name!r} is unknown; choose one of {CURVE_ATTACKS + CERTIFIED_CURVES}")
+    parts = name.split("+") if isinstance(name, str) else [name]
+    if name not in CERTIFIED_CURVES and (len(set(parts)) != len(parts)
+                                         or any(p not in MINIMAL_ATTACKS for p in parts)):
+        raise ValueError(f"curve attack {name!r} is unknown; choose one of {', '.join(CURVE_ATTACKS + CERTIFIED_CURVES)}"
+                         f" (or join minimal-norm attacks with '+')")
     return name
 
 
