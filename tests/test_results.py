@@ -61,6 +61,30 @@ def test_results_page_smoothing_table_is_its_json():
         assert re.fullmatch(r"[0-9a-f]{40}", row["commit"]) and row["hardware"] and row["command"]
 
 
+def test_results_page_quotes_the_smoothing_comparison_with_art():
+    art = load("smoothing_vs_art.json")
+    s, t = art["summary"], art["seconds"]
+    assert (art["sigma"], art["n0"], art["n"], art["alpha"], art["points"]) == (0.25, 100, 10000, 0.001, 100)
+    assert f"trained for {art['model_epochs']} epochs only" in RESULTS_PAGE
+    assert f"agrees on **{s['class_or_abstain_agree']:.0%} of the {s['points']} points**" in RESULTS_PAGE
+    assert (f"max |Δr| {s['max_abs_radius_difference']:g}, median {s['median_abs_radius_difference']:g} "
+            f"({s['at_radius_cap']['tfrobust']} and {s['at_radius_cap']['art']} points at the") in RESULTS_PAGE
+    below = s["below_cap"]
+    assert (f"on the {below['points']} points below the cap the median |Δr| is "
+            f"{below['median_abs_radius_difference']:g} against a predicted") in RESULTS_PAGE
+    assert f"the difference of {below['median_predicted_difference_sd']:g}" in RESULTS_PAGE
+    assert s["share_within_3sd"] == 1.0  # "every point is within 3 predicted standard deviations"
+    assert (f"ours {t['tfrobust']:.1f} s, ART {t['art']:.1f} s, **ours {art['speedup']:.2f}x faster** "
+            f"(ours/ART {art['ratio_tfrobust_over_art']:.3f})") in RESULTS_PAGE
+    assert f"about {t['forward_floor']:.1f} s" in RESULTS_PAGE
+    large = load("smoothing_vs_art_n100k.json")
+    ls = large["summary"]
+    assert large["n"] == 100000 and ls["class_or_abstain_agree"] == 1.0
+    assert (f"{ls['both_certified_same_class']} of {ls['points']} certified with the same class, max |Δr| "
+            f"{ls['max_abs_radius_difference']:g}, ours {large['seconds']['tfrobust']:.1f} s against ART's "
+            f"{large['seconds']['art']:.1f} s, **{large['speedup']:.2f}x faster**") in RESULTS_PAGE
+
+
 def test_results_page_quotes_the_smoothed_signature_cost():
     ms = load("serving.json")["smoothed"]["ms_per_example"]
     assert f"costs **{ms['1']['smoothed']:.1f} ms per example** at batch 1" in RESULTS_PAGE
