@@ -1,4 +1,4 @@
-"""Tests of tfrobust.client (REST against the local server, gRPC against a stand-in
+"""Tests of tfrobust.serving.client (REST against the local server, gRPC against a stand-in
 PredictionService) and the export -> serve -> client round trip."""
 
 import os
@@ -15,10 +15,10 @@ import tensorflow as tf
 
 pytest.importorskip("fastapi")
 
-from tfrobust import client as client_mod  # noqa: E402
+from tfrobust.serving import client as client_mod  # noqa: E402
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
-from tfrobust import export, server  # noqa: E402
-from tfrobust.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
+from tfrobust.serving import export, server  # noqa: E402
+from tfrobust.serving.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_grpc_unknown_model(grpc_target):
 
 
 def test_export_serve_client_round_trip(tmp_path):
-    """`tfrobust export`, then `tfrobust serve`, then `python -m tfrobust.client`."""
+    """`tfrobust export`, then `tfrobust serve`, then `python -m tfrobust.serving.client`."""
     bench = load_script(REPO / "benchmarks" / "serving_bench.py")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     model_path = tmp_path / "model.keras"
@@ -216,7 +216,7 @@ def test_export_serve_client_round_trip(tmp_path):
     np.save(tmp_path / "x.npy", x)
     with bench.ServerProcess({"digits": str(base)}) as proc:
         scored = subprocess.run(
-            [sys.executable, "-m", "tfrobust.client", "--url", proc.url, "--model", "digits",
+            [sys.executable, "-m", "tfrobust.serving.client", "--url", proc.url, "--model", "digits",
              "--npy", str(tmp_path / "x.npy")],
             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert scored.returncode == 0, scored.stderr[-2000:]

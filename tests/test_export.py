@@ -1,4 +1,4 @@
-"""Tests of tfrobust.export: signatures, values, versions, atomicity, CLI."""
+"""Tests of tfrobust.serving.export: signatures, values, versions, atomicity, CLI."""
 
 import json
 import os
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import export
+from tfrobust.serving import export
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 1)
@@ -287,7 +287,7 @@ _SLOW_EXPORT = textwrap.dedent("""
     from pathlib import Path
     import keras
     from keras.src.export.saved_model_export_archive import SavedModelExportArchive
-    from tfrobust import export
+    from tfrobust.serving import export
 
     original = SavedModelExportArchive.write_out
 
@@ -398,7 +398,7 @@ def _docker_run_line():
 def test_serving_files_in_step_with_export(tmp_path):
     import yaml
 
-    from tfrobust import server
+    from tfrobust.serving import server
 
     models = server.read_model_config_file(REPO / "serving" / "models.config")
     assert models == {"tfrobust": "/models/tfrobust"}

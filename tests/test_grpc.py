@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
-from tfrobust import export, server  # noqa: E402
+from tfrobust.serving import export, server  # noqa: E402
 from tfrobust.serving import client as client_mod  # noqa: E402
 from tfrobust.serving.client import GrpcClient, RestClient  # noqa: E402
 

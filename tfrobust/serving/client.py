@@ -11,7 +11,7 @@ Example (the quickstart's last step)::
     scores = client.robustness(x_test[:10])
     print(format_scores(scores, labels=y_test[:10]))
 
-Command line: ``python -m tfrobust.client --url http://127.0.0.1:8501 --model
+Command line: ``python -m tfrobust.serving.client --url http://127.0.0.1:8501 --model
 tfrobust --n 10`` scores the first test images of the dataset matching the
 model's input shape and prints margin scores next to the predictions.
 """
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 INPUT_NAME = "inputs"
-"""Input name of the signatures :mod:`tfrobust.export` writes."""
+"""Input name of the signatures :mod:`tfrobust.serving.export` writes."""
 
 
 class RestError(RuntimeError):
@@ -361,8 +361,8 @@ def _load_images(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[np.n
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tfrobust.client``: score test images and print margin scores."""
-    parser = argparse.ArgumentParser(prog="python -m tfrobust.client", description=main.__doc__)
+    """``python -m tfrobust.serving.client``: score test images and print margin scores."""
+    parser = argparse.ArgumentParser(prog="python -m tfrobust.serving.client", description=main.__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8501", help="REST address")
     parser.add_argument("--grpc", metavar="HOST:PORT", help="use TF Serving's gRPC port instead")
     parser.add_argument("--model", default="tfrobust", help="model name")
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = _load_images(args, shape)
         scores = score_images(client, images, smoothed=args.smoothed)
     except errors as err:
-        print(f"tfrobust.client: error: {err}", file=sys.stderr)
+        print(f"tfrobust.serving.client: error: {err}", file=sys.stderr)
         return 2
     print(format_scores(scores, labels))
     return 0
