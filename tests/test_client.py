@@ -15,7 +15,7 @@ import tensorflow as tf
 
 pytest.importorskip("fastapi")
 
-from tfrobust.serving import client as client_mod  # noqa: E402
+from tfrobust.cli import client as client_cli  # noqa: E402
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
 from tfrobust.serving import export, server  # noqa: E402
 from tfrobust.serving.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
@@ -108,7 +108,7 @@ def test_client_main_with_npy(url, tmp_path, capsys):
     x = images(5)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", np.arange(5))
-    code = client_mod.main(["--url", url, "--model", "clf", "--npy", str(tmp_path / "x.npy"),
+    code = client_cli.main(["--url", url, "--model", "clf", "--npy", str(tmp_path / "x.npy"),
                             "--labels", str(tmp_path / "y.npy"), "--n", "4"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0].split()[:3] == ["#", "pred", "prob"] and len(out) == 1 + 4 + 1
@@ -117,13 +117,13 @@ def test_client_main_with_npy(url, tmp_path, capsys):
 def test_client_main_picks_dataset_by_shape(url, capsys):
     """8x8x1 models get scikit-learn's digits (shipped with scikit-learn)."""
     pytest.importorskip("sklearn")
-    assert client_mod.main(["--url", url, "--model", "clf", "--n", "3"]) == 0
+    assert client_cli.main(["--url", url, "--model", "clf", "--n", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "label" in out[0] and len(out) == 1 + 3 + 1
 
 
 def test_client_main_reports_errors(url, capsys):
-    assert client_mod.main(["--url", url, "--model", "nope", "--n", "2"]) == 2
+    assert client_cli.main(["--url", url, "--model", "nope", "--n", "2"]) == 2
     assert "Latest(nope)" in capsys.readouterr().err
 
 
