@@ -11,10 +11,9 @@ Example (the quickstart's last step)::
     scores = client.robustness(x_test[:10])
     print(format_scores(scores, labels=y_test[:10]))
 
-Command line (:mod:`tfrobust.cli.client`): ``python -m tfrobust.serving.client
---url http://127.0.0.1:8501 --model tfrobust --n 10`` scores the first test images
-of the dataset matching the model's input shape and prints margin scores next to
-the predictions.
+Command line: ``tfrobust client --url http://127.0.0.1:8501 --model tfrobust --n 10``
+scores the first test images of the dataset matching the model's input shape and
+prints margin scores next to the predictions.
 """
 
 from __future__ import annotations
@@ -338,7 +337,7 @@ def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from tfrobust.cli.client import main
+if __name__ == "__main__":  # pragma: no cover  (``tfrobust client`` is the documented way)
+    from tfrobust.cli import main
 
-    sys.exit(main())
+    sys.exit(main(["client", *sys.argv[1:]]))
