@@ -17,11 +17,18 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfrobust.paper import ATTACKS, EPS, PAPER_TABLE1
 
-__all__ = ["add_arguments", "run", "PAPER_TABLE1", "ROBUST_RECIPE", "quickstart", "plot_report", "serve_and_score",
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["add_arguments", "run", "ROBUST_RECIPE", "quickstart", "plot_report", "serve_and_score",
            "format_comparison"]
+
+ROBUST_RECIPE = "mnist_jacobian_curvature"
+"""The quickstart's robust model: the best recipe without adversarial examples that fits its budget."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per model (default: the recipes' own, 10 natural and 20 robust)")
     parser.add_argument("--width", type=float, default=0.5, help="CNN width multiplier (default 0.5)")
-    parser.add_argument("--recipe", default="mnist_jacobian_curvature",
-                        help="the robust recipe (default mnist_jacobian_curvature; see `tfrobust recipes`)")
+    parser.add_argument("--recipe", default=ROBUST_RECIPE,
+                        help=f"the robust recipe (default {ROBUST_RECIPE}; see `tfrobust recipes`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,10 +60,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'quickstart.png'} "
           f"in {report['seconds']:.0f} s")
     return 0
-
-
-ROBUST_RECIPE = "mnist_jacobian_curvature"
-"""The quickstart's robust model: the best recipe without adversarial examples that fits its budget."""
 
 
 def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int = 1000,
@@ -120,7 +123,7 @@ def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int =
     return report
 
 
-def serve_and_score(model_path: Path, base: Path, x, y) -> dict:
+def serve_and_score(model_path: Path, base: Path, x: np.ndarray, y: np.ndarray) -> dict:
     """Exports a model for TF Serving, serves it locally and scores ``x`` over REST.
 
     Returns the SavedModel path, the server URL used and the client's scores
