@@ -344,6 +344,27 @@ def test_failed_export_cleans_up(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_version_folders_without_a_model(tmp_path):
+    """serving.versions on its own: a claimed number, a folder that appears whole or not at all."""
+    from tfrobust.serving import versions
+
+    base = tmp_path / "m"
+    assert versions.claim_version(base) == 1 and base.is_dir()
+
+    def half(folder):
+        (folder / "partial").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        versions.write_version(base, 1, half)
+    assert list(base.iterdir()) == []
+    path = versions.write_version(base, 1, lambda folder: (folder / "saved_model.pb").write_text("x"))
+    assert path == str(base / "1") and (base / "1" / "saved_model.pb").is_file()
+    assert versions.list_versions(base) == [1] and versions.claim_version(base) == 2
+    with pytest.raises(ValueError, match="already exists"):
+        versions.claim_version(base, 1)
+
+
 # -- command line ------------------------------------------------------------------------
 
 

@@ -10,13 +10,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import norms
-from tfrobust.serving.signatures import _TINY, RADIUS_STATISTICS, robustness_outputs
+from tfrobust.serving.signatures import RADIUS_STATISTICS, robustness_outputs
 
 __all__ = [
     "conformal_factor",
     "choose_statistic",
     "calibrate_radius",
 ]
+
+_TINY = 1e-12
+"""Floor of a statistic in ``distance / statistic`` (a flat model's margin or gradient is 0)."""
 
 
 def conformal_factor(distance, statistic, coverage: float) -> float:

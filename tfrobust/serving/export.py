@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -37,8 +35,8 @@ from tfrobust.serving.calibration import calibrate_radius, choose_statistic, con
 from tfrobust.serving.signatures import (INPUT_NAME, RADIUS_STATISTICS, ROBUSTNESS_OUTPUTS, SERVING_OUTPUTS,
                                          SIGNATURES, SMOOTHED_OUTPUTS, certify_settings, robustness_outputs,
                                          serving_outputs, smoothed_outputs, smoothing_settings)
-from tfrobust.serving.versions import (_TMP_PREFIX, _current_umask, _fsync_dir, _fsync_tree,
-                                       clean_stale_temporaries, list_versions, next_version)
+from tfrobust.serving.versions import (claim_version, clean_stale_temporaries, list_versions, next_version,
+                                       write_version)
 
 __all__ = [
     "INPUT_NAME",
@@ -213,13 +211,7 @@ def export_saved_model(
     if num_classes < 2:
         raise ValueError("the model must have at least 2 classes (top-2 margin)")
 
-    base = Path(base_path)
-    base.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(base)
-    version = next_version(base) if version is None else version
-    final = base / str(version)
-    if final.exists():
-        raise ValueError(f"version {version} already exists at {str(final)!r}; choose another --version")
+    version = claim_version(base_path, version)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -231,22 +223,12 @@ def export_saved_model(
         archive.add_endpoint("smoothed", lambda inputs: smoothed_outputs(model, inputs, smoothing, num_classes),
                              [spec])
 
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
-    try:
-        archive.write_out(str(tmp), verbose=False)
-        meta = tmp / METADATA_PATH
+    def write(folder: Path) -> None:
+        archive.write_out(str(folder), verbose=False)
+        meta = folder / METADATA_PATH
         meta.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(json.dumps(_metadata(model, shape, num_classes, norm, version, calibration, certify,
-                                                   smoothing),
-                                         indent=2))
-        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
-        _fsync_tree(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError as err:
-            raise ValueError(f"version {version} appeared at {str(final)!r} while exporting") from err
-        _fsync_dir(base)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(final)
+                                             smoothing),
+                                   indent=2))
+
+    return write_version(base_path, version, write)

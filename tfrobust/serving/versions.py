@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 __all__ = [
     "list_versions",
     "next_version",
     "clean_stale_temporaries",
+    "claim_version",
+    "write_version",
 ]
 
 
@@ -104,3 +108,66 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def claim_version(base_path: str | os.PathLike, version: int | None = None) -> int:
+    """Readies ``base_path`` for a new version and returns its number.
+
+    Creates ``base_path`` if missing and removes the temporary folders of dead exports
+    (:func:`clean_stale_temporaries`).
+
+    Args:
+        base_path: TF Serving's model base path.
+        version: the number wanted; ``None`` for :func:`next_version`.
+
+    Returns:
+        The version number, not yet taken.
+
+    Raises:
+        ValueError: ``base_path/<version>`` already exists.
+    """
+    base = Path(base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(base)
+    version = next_version(base) if version is None else version
+    final = base / str(version)
+    if final.exists():
+        raise ValueError(f"version {version} already exists at {str(final)!r}; choose another --version")
+    return version
+
+
+def write_version(base_path: str | os.PathLike, version: int, write: Callable[[Path], None]) -> str:
+    """Writes ``base_path/<version>/`` atomically.
+
+    ``write`` fills a hidden temporary folder inside ``base_path`` (named after this process, so
+    :func:`clean_stale_temporaries` can tell a dead export's); the folder then gets the permissions
+    of the umask, is flushed to disk and renamed to the version, so a watcher never sees half a
+    version. On any failure, the temporary folder is removed.
+
+    Args:
+        base_path: TF Serving's model base path (existing, e.g. after :func:`claim_version`).
+        version: the version number.
+        write: called with the temporary folder; writes the version's files into it.
+
+    Returns:
+        The version folder, ``base_path/<version>``.
+
+    Raises:
+        ValueError: the version appeared while it was being written.
+    """
+    base = Path(base_path)
+    final = base / str(version)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}v{version}-pid{os.getpid()}-", dir=base))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp made it private (0700)
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as err:
+            raise ValueError(f"version {version} appeared at {str(final)!r} while exporting") from err
+        _fsync_dir(base)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(final)
