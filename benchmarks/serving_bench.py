@@ -200,7 +200,7 @@ def _timed_clients(connect: Callable[[], tuple[Callable[[], str | None], Callabl
 
 def run_load(url: str, model: str, body: bytes, requests: int, clients: int) -> dict[str, Any]:
     """Sends ``requests`` copies of ``body`` from ``clients`` threads over REST; returns timings."""
-    from tfrobust.client import RestClient
+    from tfrobust.serving.client import RestClient
 
     client = RestClient(url, model)
     path = f"/v1/models/{model}:predict"
@@ -388,7 +388,7 @@ def run_hypothesis_fuzz(url: str, model: str, shape: tuple[int, ...], cases: int
     """Near-valid predict bodies against the served model; no 5xx, 200s well formed."""
     from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings
 
-    from tfrobust.client import RestClient
+    from tfrobust.serving.client import RestClient
 
     client = RestClient(url, model)
     counts: collections.Counter = collections.Counter()
@@ -637,7 +637,7 @@ def build_model(args: argparse.Namespace):
     import keras
 
     if args.model:
-        from tfrobust.export import load_keras_model
+        from tfrobust.serving.export import load_keras_model
 
         return load_keras_model(args.model), f"{args.model}"
     keras.utils.set_random_seed(0)
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(REPO))
-    from tfrobust.export import export_saved_model, infer_input_shape
+    from tfrobust.serving.export import export_saved_model, infer_input_shape
 
     model, model_desc = build_model(args)
     shape = infer_input_shape(model)
@@ -759,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         alive = server.alive()
         status_after = None
         if alive:
-            from tfrobust.client import RestClient
+            from tfrobust.serving.client import RestClient
 
             status_after = RestClient(server.url, "bench").status()["model_version_status"][0]["state"]
     exit_code = server.proc.returncode

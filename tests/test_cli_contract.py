@@ -19,7 +19,7 @@ HEAVY = ("tensorflow", "keras", "numpy", "scipy", "matplotlib", "pandas", "tenso
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["train", "--help"], ["serve", "--help"],
-                                  ["quickstart", "--help"], ["recipes"]])
+                                  ["client", "--help"], ["quickstart", "--help"], ["recipes"]])
 def test_help_and_listing_import_no_tensorflow(argv):
     res, modules = _imports(argv)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,5 +1,5 @@
-"""Tests of tfrobust.client (REST against the local server, gRPC against a stand-in
-PredictionService) and the export -> serve -> client round trip."""
+"""Tests of tfrobust.serving.client and `tfrobust client` (REST against the local server, gRPC
+against a stand-in PredictionService) and the export -> serve -> client round trip."""
 
 import os
 import socket
@@ -15,10 +15,10 @@ import tensorflow as tf
 
 pytest.importorskip("fastapi")
 
-from tfrobust import client as client_mod  # noqa: E402
+from tfrobust import cli  # noqa: E402
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
-from tfrobust import export, server  # noqa: E402
-from tfrobust.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
+from tfrobust.serving import export, server  # noqa: E402
+from tfrobust.serving.client import GrpcClient, RestClient, RestError, format_scores, score_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,8 +108,8 @@ def test_client_main_with_npy(url, tmp_path, capsys):
     x = images(5)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", np.arange(5))
-    code = client_mod.main(["--url", url, "--model", "clf", "--npy", str(tmp_path / "x.npy"),
-                            "--labels", str(tmp_path / "y.npy"), "--n", "4"])
+    code = cli.main(["client", "--url", url, "--model", "clf", "--npy", str(tmp_path / "x.npy"),
+                     "--labels", str(tmp_path / "y.npy"), "--n", "4"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0].split()[:3] == ["#", "pred", "prob"] and len(out) == 1 + 4 + 1
 
@@ -117,14 +117,15 @@ def test_client_main_with_npy(url, tmp_path, capsys):
 def test_client_main_picks_dataset_by_shape(url, capsys):
     """8x8x1 models get scikit-learn's digits (shipped with scikit-learn)."""
     pytest.importorskip("sklearn")
-    assert client_mod.main(["--url", url, "--model", "clf", "--n", "3"]) == 0
+    assert cli.main(["client", "--url", url, "--model", "clf", "--n", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "label" in out[0] and len(out) == 1 + 3 + 1
 
 
 def test_client_main_reports_errors(url, capsys):
-    assert client_mod.main(["--url", url, "--model", "nope", "--n", "2"]) == 2
-    assert "Latest(nope)" in capsys.readouterr().err
+    assert cli.main(["client", "--url", url, "--model", "nope", "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfrobust client: error:") and "Latest(nope)" in err and len(err.strip().splitlines()) == 1
 
 
 # -- gRPC against a stand-in PredictionService ---------------------------------------------------
@@ -202,7 +203,7 @@ def test_grpc_unknown_model(grpc_target):
 
 
 def test_export_serve_client_round_trip(tmp_path):
-    """`tfrobust export`, then `tfrobust serve`, then `python -m tfrobust.client`."""
+    """`tfrobust export`, then `tfrobust serve`, then `tfrobust client`."""
     bench = load_script(REPO / "benchmarks" / "serving_bench.py")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     model_path = tmp_path / "model.keras"
@@ -216,7 +217,7 @@ def test_export_serve_client_round_trip(tmp_path):
     np.save(tmp_path / "x.npy", x)
     with bench.ServerProcess({"digits": str(base)}) as proc:
         scored = subprocess.run(
-            [sys.executable, "-m", "tfrobust.client", "--url", proc.url, "--model", "digits",
+            [sys.executable, "-m", "tfrobust", "client", "--url", proc.url, "--model", "digits",
              "--npy", str(tmp_path / "x.npy")],
             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert scored.returncode == 0, scored.stderr[-2000:]

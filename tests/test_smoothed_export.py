@@ -71,12 +71,13 @@ def test_fresh_noise_per_request_still_certifies_within_the_bounds(exported):
 
 def test_rest_server_serves_the_smoothed_signature_and_the_client_shows_it(exported, tmp_path, capsys):
     from tfrobust.serving import server
-    from tfrobust.serving.client import RestClient, main as client_main
+    from tfrobust import cli
+    from tfrobust.serving.client import RestClient
     model, fixed, _, x = exported
     np.save(tmp_path / "x.npy", x[:3])
     with server.start_server(server.ServerConfig({"s": str(Path(fixed).parent)}, port=0)) as running:
-        assert client_main(["--url", running.url, "--model", "s", "--npy", str(tmp_path / "x.npy"),
-                            "--smoothed"]) == 0
+        assert cli.main(["client", "--url", running.url, "--model", "s", "--npy", str(tmp_path / "x.npy"),
+                         "--smoothed"]) == 0
         table = capsys.readouterr().out.splitlines()
         client = RestClient(running.url, "s")
         try:

@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "certify": "certified L2 accuracy of the randomized-smoothing classifier (Cohen et al.'s CERTIFY)",
     "export": "export a Keras classifier as a TF Serving SavedModel with a robustness signature",
     "serve": "serve exported SavedModels over TF Serving's REST API (local development server)",
+    "client": "score test images through a served model (TF Serving or tfrobust serve): margin scores",
     "surface": "plot the decision and cross-entropy surfaces around one input (or in parameter space)",
     "indicator": "robustness indicator: input Jacobian and Hessian of the decision function, layer spectra, "
                  "margins",

@@ -1,6 +1,9 @@
 """Deployment: SavedModel export with a ``robustness`` signature, TF Serving's REST and gRPC APIs, clients.
 
 - :mod:`.export`: atomic SavedModel versions that TF Serving loads;
+- :mod:`.signatures`: what the exported signatures compute (``serving_default``, ``robustness``, ``smoothed``);
+- :mod:`.calibration`: the split-conformal factor of the served ``estimated_radius``;
+- :mod:`.versions`: TF Serving's version folders and the temporary folders of an atomic export;
 - :mod:`.protocol`: TF Serving's REST request/response formats and error envelope;
 - :mod:`.registry`: the served models, their versions and hot reload;
 - :mod:`.batching`: concurrent requests sharing one model call;

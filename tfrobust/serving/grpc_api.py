@@ -4,7 +4,7 @@ Services, as ``tensorflow_model_server`` offers them on its gRPC port (8500):
 
 * ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata``
   (``Classify``, ``Regress`` and ``MultiInference`` answer ``UNIMPLEMENTED``: they
-  need ``tf.Example`` signatures, which :mod:`tfrobust.export` does not write);
+  need ``tf.Example`` signatures, which :mod:`tfrobust.serving.export` does not write);
 * ``tensorflow.serving.ModelService``: ``GetModelStatus``.
 
 Requests go through the same :class:`~tfrobust.serving.core.ServingCore` as the REST

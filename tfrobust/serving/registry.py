@@ -104,7 +104,7 @@ class ModelManager:
 
     def available_versions(self) -> list[int]:
         """Integer-named folders under the base path that hold a ``saved_model.pb``."""
-        from tfrobust.serving.export import list_versions
+        from tfrobust.serving.versions import list_versions
 
         return [v for v in list_versions(self.base_path)
                 if (self.base_path / str(v) / "saved_model.pb").is_file()]

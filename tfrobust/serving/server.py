@@ -1,6 +1,6 @@
 """A local server that speaks TF Serving's REST API, for development.
 
-``tfrobust serve`` serves the SavedModels that :mod:`tfrobust.export` writes
+``tfrobust serve`` serves the SavedModels that :mod:`tfrobust.serving.export` writes
 (any TF SavedModel with numeric inputs works) under the same URLs, request
 and response formats and error envelope as ``tensorflow_model_server``:
 
