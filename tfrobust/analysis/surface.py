@@ -214,10 +214,10 @@ def evaluate_plane(model, x, y, u, v, alphas, betas, *, clip: tuple[float, float
     v = tf.cast(v, x.dtype)
     dec, ce = [], []
     for s in utils.progress(list(utils.batches(aa.size, batch_size)), enabled=progress, desc="surface"):
-        d, l = _plane_values(model, x, label, u, v, tf.constant(aa[s], x.dtype),
+        d, loss = _plane_values(model, x, label, u, v, tf.constant(aa[s], x.dtype),
                              tf.constant(bb[s], x.dtype), lo_hi)
         dec.append(d.numpy())
-        ce.append(l.numpy())
+        ce.append(loss.numpy())
     shape = (len(betas), len(alphas))
     return np.concatenate(dec).reshape(shape), np.concatenate(ce).reshape(shape)
 

@@ -97,7 +97,7 @@ class Batcher:
             finally:
                 self._running -= 1
             start = 0
-            for inputs, rows, future in batch:
+            for _inputs, rows, future in batch:
                 if not future.done():
                     future.set_result({k: v[start:start + rows] for k, v in outputs.items()})
                 start += rows
