@@ -351,7 +351,8 @@ def main(argv=None) -> int:
             print(f"{n:<9}  unavailable: {unavailable.get(n)}")
             continue
         acc = robust.get(n)
-        print(f"{n:<9}  {ips[n]:9.1f}  {median[n]:9.4f}  {ips[n] / ips['limit'] if ips.get('limit') else float('nan'):10.3f}  "
+        of_limit = ips[n] / ips['limit'] if ips.get('limit') else float('nan')
+        print(f"{n:<9}  {ips[n]:9.1f}  {median[n]:9.4f}  {of_limit:10.3f}  "
               f"{'' if acc is None else f'{acc:.3f}':>10}")
     print(f"clean accuracy {clean_acc:.3f}; tfrobust/limit {ratio('tfrobust', 'limit')}, "
           f"tfrobust/art {ratio('tfrobust', 'art')}, tfrobust/foolbox {ratio('tfrobust', 'foolbox')}")

@@ -295,7 +295,8 @@ def _gradient_spec(name, summary, evaluation, *, loss=None, random_start=False, 
                    + REPORT_STEP_SIZE, quick=None, keyed=False, **flags):
     fields = tuple(f for f in _PGD_FIELDS if not (loss and f == "loss"))
     return AttackSpec(name, summary, f"tfrobust.attacks.gradient:{name}", _PGD_ARGS, fields, loss=loss,
-                      random_start=random_start, keyed=keyed, report=report, quick=quick or {"steps": 3, "step_size": 0.1},
+                      random_start=random_start, keyed=keyed, report=report,
+                      quick=quick or {"steps": 3, "step_size": 0.1},
                       evaluations=(EvalAttack(name, _gradient(name), evaluation, **flags),))
 
 

@@ -20,7 +20,8 @@ __all__ = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tfrobust evaluate`` (docs/architecture.md)."""
     parser.add_argument("--model", required=True, help="a .keras model")
-    parser.add_argument("--dataset", required=True, help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
+    parser.add_argument("--dataset", required=True,
+                        help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
     parser.add_argument("--split", default="test", help="train or test (default test)")
     parser.add_argument("--n", type=int, default=None,
                         help="first N examples (default: 1000, or the whole split if smaller)")
