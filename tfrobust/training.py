@@ -440,7 +440,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
     callbacks = []
-    monitor = config.get("monitor")
+    monitor = config.get("monitor") or {}
     monitoring = bool(monitor and chief and n_val)
     if monitoring:
         # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:
