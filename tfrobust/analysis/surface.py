@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -120,7 +121,7 @@ class Surface:
         """Inverse of :meth:`to_dict`."""
         arrays = {"alphas", "betas", "decision", "loss", "ball", "trajectory", "trajectory_offplane",
                   "trajectory_decision", "accuracy"}
-        kwargs = {k: (np.asarray(v, dtype=np.float64) if k in arrays and v is not None else v)
+        kwargs: dict[str, Any] = {k: (np.asarray(v, dtype=np.float64) if k in arrays and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
 

@@ -43,7 +43,9 @@ def gradient_stats(model, x, y, batch_size) -> dict:
     d_norms, ce_norms, logits = [], [], []
     for s in batches(len(x), batch_size):
         a, b, z = grads(tf.constant(x[s]), tf.constant(y[s]))
-        d_norms.append(a.numpy()), ce_norms.append(b.numpy()), logits.append(z.numpy())
+        d_norms.append(a.numpy())
+        ce_norms.append(b.numpy())
+        logits.append(z.numpy())
     return {"margin_grad": np.concatenate(d_norms), "ce_grad": np.concatenate(ce_norms),
             "logits": np.concatenate(logits)}
 

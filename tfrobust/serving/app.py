@@ -320,7 +320,7 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
                 title=app.title, version=app.version, description=app.description, routes=app.routes))
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # how FastAPI documents extending the schema
 
     @app.post("/v1/models/{name}:{method}", include_in_schema=False)
     @app.post("/v1/models/{name}/versions/{version}:{method}", include_in_schema=False)

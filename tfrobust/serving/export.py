@@ -282,7 +282,7 @@ def choose_statistic(distance, statistics: dict, coverage: float) -> str:
     for name, values in statistics.items():
         v = np.asarray(values, float)
         score[name] = float(np.median(conformal_factor(d, v, coverage) * v[found] / d[found]))
-    return max(score, key=score.get)
+    return max(score, key=score.__getitem__)
 
 
 def calibrate_radius(model: Callable, x, *, norm: str, coverage: float = 0.9, attack: str = "fmn+fab",
@@ -380,7 +380,7 @@ def clean_stale_temporaries(base_path: str | os.PathLike) -> list[str]:
         The removed paths.
     """
     base = Path(base_path)
-    removed = []
+    removed: list[str] = []
     if not base.is_dir():
         return removed
     for child in base.iterdir():
