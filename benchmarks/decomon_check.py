@@ -14,7 +14,6 @@ import os
 import resource
 import sys
 import time
-import traceback
 from importlib.metadata import version
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -25,8 +24,8 @@ import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-import numpy as np
-import keras
+import numpy as np  # noqa: E402 - the script imports after its environment and thread settings
+import keras  # noqa: E402 - after KERAS_BACKEND is set
 
 HERE = os.getcwd()  # outputs go to the folder it is run from
 ap = argparse.ArgumentParser()
@@ -73,7 +72,7 @@ try:
 except Exception as e:
     report["import_error"] = err(e)
     save_report()
-    raise SystemExit(f"decomon import failed: {e}")
+    raise SystemExit(f"decomon import failed: {e}") from e
 
 # ---------------------------------------------------------------- model / data
 keras.utils.set_random_seed(0)
@@ -127,7 +126,7 @@ METHODS = {"ibp": "forward-ibp", "crown": "crown", "crown-ibp": "crown-forward-i
 # ---------------------------------------------------------------- compat only: just try to clone
 if args.compat_only:
     report["clone"] = {}
-    for name, m in METHODS.items():
+    for m in METHODS.values():
         for shared in (True, False):
             try:
                 dm = clone(flat, method=m, shared=shared)

@@ -129,7 +129,7 @@ def pgd_throughput(size: dict) -> dict:
         return g
 
     times = {"pgd": [], "limit": []}
-    for fn, key in ((pgd, "pgd"), (limit, "limit")):
+    for fn in (pgd, limit):
         fn(x, y).numpy()
     for _ in range(size["repeats"]):
         for fn, key in ((pgd, "pgd"), (limit, "limit")):

@@ -474,7 +474,7 @@ def certified_latency(model, shape: tuple[int, ...], args: argparse.Namespace, c
             for batch in BATCHES:
                 x = tf.constant(np.random.default_rng(0).uniform(0, 1, (batch, *shape)), tf.float32)
                 times = {name: [] for name in fns}
-                for name, fn in fns.items():
+                for fn in fns.values():
                     for _ in range(3):
                         fn(inputs=x)
                 for _ in range(args.repeats * 10):
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     with ServerProcess({"bench": str(base)}, extra, grpc=not args.no_grpc) as server:
         print(f"server at {server.url}" + (f", gRPC at {server.grpc_target}" if server.grpc_target else ""),
               flush=True)
-        for (s, b), body in bodies.items():  # warm-up: traces, allocations, connections
+        for body in bodies.values():  # warm-up: traces, allocations, connections
             run_load(server.url, "bench", body, 2 * args.clients, args.clients)
         for r in range(args.repeats):
             for b in BATCHES:

@@ -3,8 +3,9 @@
 ``make docs`` runs it (``python docs/build_api.py [--out build/api]``). pdoc imports every module
 of ``tfrobust``; that needs neither a GPU nor the internet (CUDA is hidden here). pdoc reports, as
 Python warnings, a module it cannot import, source or a type annotation it cannot parse, a module
-named twice, an include it cannot read; this script records those, adds every public module, class and function without a docstring (a method
-that overrides a base class's, a Keras hook, is documented there), and exits 1 naming each, so broken
+named twice, an include it cannot read; this script records those, adds every public module, class and
+function without a docstring (a method that overrides a base class's, a Keras hook, is documented
+there), and exits 1 naming each, so broken
 or missing docstrings fail CI like errors.
 """
 

@@ -117,7 +117,8 @@ def test_curvature_weight_gradient_matches_float64_finite_differences():
         for idx in range(0, flat.size, max(1, flat.size // 5)):
             vals = []
             for s in (+1, -1):
-                new = flat.copy(); new[idx] += s * 1e-6
+                new = flat.copy()
+                new[idx] += s * 1e-6
                 var.assign(new.reshape(var.shape))
                 vals.append(value().numpy())
             var.assign(flat.reshape(var.shape))

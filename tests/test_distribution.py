@@ -9,7 +9,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pytest
 import yaml
 
 from tfrobust import training

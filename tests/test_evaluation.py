@@ -343,7 +343,7 @@ def test_apgd_t_runs_each_target_on_the_survivors(monkeypatch):
                                     progress=False)
     alive = np.asarray(calls[0][2])  # after APGD-CE (clean accuracy is 1 on this model)
     assert [c[0] for c in calls] == [None, 2, 3, 4]
-    for rank, size, out in calls[1:]:
+    for _rank, size, out in calls[1:]:
         assert size == alive.sum()  # each target sees only what the earlier ones left
         alive[alive] = out
     assert res["attacks"]["apgd-t"]["0.05"] == pytest.approx(alive.mean())

@@ -141,7 +141,7 @@ def test_zoo_classifiers_output_logits_of_the_right_shape():
     small = models.wide_resnet(depth=10, widen=1)
     assert small.output_shape == (None, 10)
     # Pre-activation WRN-10-1: 1 block per group; widths 16, 32, 64.
-    assert [l.filters for l in small.layers if isinstance(l, keras.layers.Conv2D)][-1] == 64
+    assert [layer.filters for layer in small.layers if isinstance(layer, keras.layers.Conv2D)][-1] == 64
     with pytest.raises(ValueError, match="depth=12"):
         models.wide_resnet(depth=12)
     with pytest.raises(ValueError, match="'resnet9000'"):

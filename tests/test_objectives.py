@@ -71,7 +71,8 @@ def test_penalty_and_weight_gradient_match_float64_finite_differences(term):
     h = 1e-6
     grads = np.zeros_like(x)
     for i in range(D):
-        e = np.zeros(D); e[i] = h
+        e = np.zeros(D)
+        e[i] = h
         grads[:, i] = (f(model(x + e), y).numpy() - f(model(x - e), y).numpy()) / (2 * h)
     r = {"l2": np.sqrt((grads ** 2).sum(1) + 1e-12), "l2_squared": (grads ** 2).sum(1),
          "l1": np.abs(grads).sum(1)}[term.norm]
@@ -90,7 +91,8 @@ def test_penalty_and_weight_gradient_match_float64_finite_differences(term):
             old = flat.copy()
             vals = []
             for s in (+1, -1):
-                new = old.copy(); new[idx] += s * 1e-6
+                new = old.copy()
+                new[idx] += s * 1e-6
                 var.assign(new.reshape(var.shape))
                 vals.append(_penalty(model, term, x, y).numpy())
             var.assign(old.reshape(var.shape))

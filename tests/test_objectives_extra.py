@@ -147,7 +147,8 @@ def test_emr_weight_gradient_matches_float64_finite_differences():
         for idx in range(0, flat.size, max(1, flat.size // 5)):
             vals = []
             for sgn in (+1, -1):
-                new = flat.copy(); new[idx] += sgn * 1e-6
+                new = flat.copy()
+                new[idx] += sgn * 1e-6
                 var.assign(new.reshape(var.shape))
                 vals.append(_emr_reference(model, x, p0, 2.0).numpy())
             var.assign(flat.reshape(var.shape))
@@ -267,7 +268,8 @@ def test_kl_pgd_one_step_matches_a_hand_computed_step(monkeypatch):
     # ∇_x' KL(p || q(x')) = J(x')ᵀ (q - p), taken by central differences in float64.
     grad = np.zeros_like(x)
     for i in range(D):
-        e = np.zeros(D); e[i] = 1e-6
+        e = np.zeros(D)
+        e[i] = 1e-6
         grad[:, i] = (_kl(clean, model(start + e).numpy()) - _kl(clean, model(start - e).numpy())) / 2e-6
     want = np.clip(x + np.clip(start + 0.03 * np.sign(grad) - x, -0.05, 0.05), 0.0, 1.0)
     np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -29,7 +29,8 @@ def test_pilot_writes_its_json_on_held_out_images_and_is_skipped_when_done(tmp_p
     assert row["recipe"]["train"]["validation_n"] == 1000  # the attacked images are never trained on
     assert [t["type"] for t in row["recipe"]["objective"]] == ["trades", "effective_margin"]
     # The cascade can only lower accuracy: clean >= APGD-CE >= APGD-CE -> APGD-T = worst case.
-    assert v["clean_accuracy"] >= v["attacks"]["apgd-ce"]["0.3"] >= v["attacks"]["apgd-t"]["0.3"] == v["worst_case"]["0.3"]
+    assert (v["clean_accuracy"] >= v["attacks"]["apgd-ce"]["0.3"] >= v["attacks"]["apgd-t"]["0.3"]
+            == v["worst_case"]["0.3"])
     assert row["train_seconds"] > 0 and row["commit"] and row["hardware"] and len(row["history"]["loss"]) == 1
     assert (tmp_path / "budget.png").stat().st_size > 10_000 and name in (tmp_path / "summary.md").read_text()
     capsys.readouterr()

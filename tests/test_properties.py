@@ -13,7 +13,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfrobust import attacks, evaluation, losses, utils
+from tfrobust import attacks, evaluation, utils
 from tfrobust import objectives as O
 from tfrobust.analysis import margins
 

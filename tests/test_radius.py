@@ -74,7 +74,8 @@ def test_export_serves_the_calibrated_radius_and_records_it(tmp_path):
     assert "estimated_radius" in meta["signatures"]["robustness"]
     on_margin = export.export_saved_model(net, tmp_path / "base", norm="linf",
                                           calibration={**calibration, "statistic": "margin"})
-    out = {k: v.numpy() for k, v in tf.saved_model.load(on_margin).signatures["robustness"](inputs=tf.constant(x)).items()}
+    robustness = tf.saved_model.load(on_margin).signatures["robustness"]
+    out = {k: v.numpy() for k, v in robustness(inputs=tf.constant(x)).items()}
     np.testing.assert_allclose(out["estimated_radius"], 0.75 * out["margin"], rtol=1e-6)
     # Without a calibration there is no radius.
     plain = export.export_saved_model(net, tmp_path / "base", norm="linf")

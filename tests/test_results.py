@@ -33,7 +33,8 @@ def test_every_result_the_results_page_cites_exists():
 def test_results_page_step_time_table_is_the_json():
     from step_time import readme_table
     table = readme_table(load("step_time.json"))
-    assert table in RESULTS_PAGE, "docs/results.md's step-time table differs from benchmarks/results/step_time.json:\n" + table
+    assert table in RESULTS_PAGE, ("docs/results.md's step-time table differs from "
+                                   "benchmarks/results/step_time.json:\n" + table)
 
 
 def test_results_page_quoted_ratios_match_their_json():
@@ -44,9 +45,11 @@ def test_results_page_quoted_ratios_match_their_json():
     assert f"tfrobust {speed['ratios']['tfrobust_over_art']:.1f}x faster" in RESULTS_PAGE
     art = load("autoattack_vs_art.json")
     assert f"ours {art['speedup']:.2f}x faster" in RESULTS_PAGE
-    assert f"reports **{art['tfrobust']['robust_accuracy']:.1%}** robust accuracy in {art['tfrobust']['seconds']:.0f} s" in RESULTS_PAGE
+    ours = art["tfrobust"]
+    assert f"reports **{ours['robust_accuracy']:.1%}** robust accuracy in {ours['seconds']:.0f} s" in RESULTS_PAGE
     serving = load("serving.json")["robustness_over_default"]
-    assert f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64" in RESULTS_PAGE
+    assert (f"costs {serving['1']:.2f}x `serving_default` at batch 1 and {serving['64']:.2f}x at batch 64"
+            in RESULTS_PAGE)
 
 
 def test_results_page_smoothing_table_is_its_json():

@@ -199,7 +199,8 @@ def test_keep_best_writes_the_model_of_the_best_robust_epoch(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"keep_best": "val_robust_accuracy_pgd"}, r"keep_best='val_robust_accuracy_pgd' is not a key .*'val_robust_accuracy_fgsm_0.1'"),
+    ({"keep_best": "val_robust_accuracy_pgd"},
+     r"keep_best='val_robust_accuracy_pgd' is not a key .*'val_robust_accuracy_fgsm_0.1'"),
     ({"keep_best": "val_clean_accuracy", "train": {"validation_n": 0}}, r"validation_n=0"),
 ])
 def test_keep_best_names_a_key_the_monitor_logs(change, match):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import numbers
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from tfrobust.names import ATTACK_LOSSES, NORMS
 
@@ -295,7 +295,8 @@ def _gradient_spec(name, summary, evaluation, *, loss=None, random_start=False, 
                    + REPORT_STEP_SIZE, quick=None, keyed=False, **flags):
     fields = tuple(f for f in _PGD_FIELDS if not (loss and f == "loss"))
     return AttackSpec(name, summary, f"tfrobust.attacks.gradient:{name}", _PGD_ARGS, fields, loss=loss,
-                      random_start=random_start, keyed=keyed, report=report, quick=quick or {"steps": 3, "step_size": 0.1},
+                      random_start=random_start, keyed=keyed, report=report,
+                      quick=quick or {"steps": 3, "step_size": 0.1},
                       evaluations=(EvalAttack(name, _gradient(name), evaluation, **flags),))
 
 
@@ -440,13 +441,33 @@ def _capped(self, num_classes: int):
                                         for k in KNOBS if k.per_class})
 
 
-Budget = dataclasses.make_dataclass(
-    "Budget",
-    [(k.name, int, dataclasses.field(default=k.default)) for k in KNOBS]
-    + [("step_size", "float | dict | None", dataclasses.field(default=None)),
-       ("norm", str, dataclasses.field(default="linf"))],
-    namespace={"__post_init__": _budget_post_init, "step_for": _step_for, "capped": _capped},
-    frozen=True)
+if TYPE_CHECKING:
+    # Not named Budget: inspect (and so pdoc) would take this declaration for the class's source.
+    @dataclasses.dataclass(frozen=True, init=False)
+    class _DeclaredBudget:
+        """What a type checker sees of :data:`Budget`, the dataclass built below from :data:`KNOBS`."""
+
+        step_size: float | dict | None = None
+        norm: str = "linf"
+
+        def __init__(self, *, step_size: float | dict | None = None, norm: str = "linf",
+                     **knobs: int) -> None: ...
+
+        def __getattr__(self, knob: str) -> int: ...
+
+        def step_for(self, name: str) -> float | None: ...
+
+        def capped(self, num_classes: int) -> _DeclaredBudget: ...
+
+    Budget = _DeclaredBudget
+else:
+    Budget = dataclasses.make_dataclass(
+        "Budget",
+        [(k.name, int, dataclasses.field(default=k.default)) for k in KNOBS]
+        + [("step_size", "float | dict | None", dataclasses.field(default=None)),
+           ("norm", str, dataclasses.field(default="linf"))],
+        namespace={"__post_init__": _budget_post_init, "step_for": _step_for, "capped": _capped},
+        frozen=True)
 Budget.__module__ = __name__
 Budget.__doc__ = ("How hard the evaluation attacks try: everything besides eps that builds them.\n\n"
                   "Built from the specs' knobs (:data:`KNOBS`), so a new attack's setting is a field here "

@@ -195,7 +195,9 @@ class RobustnessMonitor(keras.callbacks.Callback):
         for start in range(0, len(self.x_val), self.batch_size):
             c, m, g = fn(tf.constant(self.x_val[start:start + self.batch_size]),
                          tf.constant(self.y_val[start:start + self.batch_size]))
-            correct.append(c.numpy()); margins.append(m.numpy()); grad_norms.append(g.numpy())
+            correct.append(c.numpy())
+            margins.append(m.numpy())
+            grad_norms.append(g.numpy())
         accuracy = np.concatenate(correct, axis=1).mean(axis=1)
         return {"clean_accuracy": float(accuracy[0]),
                 "robust_accuracy": {name: float(a) for name, a in zip(self.attacks, accuracy[1:])},

@@ -139,19 +139,8 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
         raise ValueError(f"config {where!r}: dataset {config['dataset']!r} is unknown; "
                          f"choose one of {data.DATASETS}")
     build_objective(config["objective"])  # fail early on a bad objective
-    monitor = config.get("monitor")
-    if monitor is not None:
-        if not isinstance(monitor, dict) or not isinstance(monitor.get("attacks"), dict):
-            raise ValueError(f"config {where!r}: monitor must be a mapping with an 'attacks' mapping, "
-                             f"e.g. {{attacks: {{pgd_0.3: {{name: pgd, eps: 0.3}}}}, n: 500}}")
-        unknown = set(monitor) - {"attacks", "n", "every_n_epochs", "batch_size", "surface_eps"}
-        if unknown:
-            raise ValueError(f"config {where!r}: unknown monitor settings {sorted(unknown)}")
-        for name, attack in monitor["attacks"].items():
-            try:
-                as_attack(attack)
-            except ValueError as err:
-                raise ValueError(f"config {where!r}: monitor attack {name!r}: {err}") from None
+    if config.get("monitor") is not None:
+        _check_monitor(config["monitor"], where)
     keep_best = config.get("keep_best")
     if keep_best is not None and not config["train"]["validation_n"]:
         raise ValueError(f"config {where!r}: keep_best={keep_best!r} needs validation data; "
@@ -160,6 +149,21 @@ def validate_config(config: dict, where: str = "config") -> dict[str, Any]:
         raise ValueError(f"config {where!r}: keep_best={keep_best!r} is not a key the monitor logs; "
                          f"choose one of {keep_best_keys(config)} (add a monitor: block with the attack)")
     return config
+
+
+def _check_monitor(monitor, where: str) -> None:
+    """Raises ValueError naming what is wrong with a recipe's ``monitor:`` block."""
+    if not isinstance(monitor, dict) or not isinstance(monitor.get("attacks"), dict):
+        raise ValueError(f"config {where!r}: monitor must be a mapping with an 'attacks' mapping, "
+                         f"e.g. {{attacks: {{pgd_0.3: {{name: pgd, eps: 0.3}}}}, n: 500}}")
+    unknown = set(monitor) - {"attacks", "n", "every_n_epochs", "batch_size", "surface_eps"}
+    if unknown:
+        raise ValueError(f"config {where!r}: unknown monitor settings {sorted(unknown)}")
+    for name, attack in monitor["attacks"].items():
+        try:
+            as_attack(attack)
+        except ValueError as err:
+            raise ValueError(f"config {where!r}: monitor attack {name!r}: {err}") from None
 
 
 def keep_best_keys(config: dict) -> list[str]:
@@ -436,7 +440,7 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
     callbacks = []
-    monitor = config.get("monitor")
+    monitor = config.get("monitor") or {}
     monitoring = bool(monitor and chief and n_val)
     if monitoring:
         # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:

@@ -55,9 +55,11 @@ def evaluate_run(name: str, run: Path, args) -> dict:
     clean = float(np.mean(np.argmax(clf.predict(x, batch_size=1000, verbose=0), -1) == y))
     aa = evaluation.evaluate_model(clf, x[:args.n_autoattack], y[:args.n_autoattack], attacks=["autoattack"],
                                    eps=args.attack_eps, certify="crown-ibp", progress=True)
-    config = json.loads((run / "checkpoints" / "state.json").read_text()) if (run / "checkpoints" / "state.json").exists() else {}
+    state = run / "checkpoints" / "state.json"
+    config = json.loads(state.read_text()) if state.exists() else {}
     return {
-        "clean": clean, "verified": test["verified"], "verified_ibp": test["ibp"], "verified_crown_ibp": test["crown-ibp"],
+        "clean": clean, "verified": test["verified"], "verified_ibp": test["ibp"],
+        "verified_crown_ibp": test["crown-ibp"],
         "n_verified": int(len(x)), "autoattack": aa["worst_case"], "autoattack_attacks": aa["attacks"],
         "n_autoattack": int(aa["n"]), "autoattack_clean": aa["clean_accuracy"],
         "verified_on_autoattack_points": aa["verified"], "sanity": aa["sanity"],

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     history = json.loads((runs / "history.json").read_text()) if (runs / "history.json").exists() else None
     result.update({
         "recipe": RECIPE, "train_seconds": round(train_seconds, 1), "train_seconds_how": how,
-        "train_hours_on_the_2_core_machine": round(train_seconds / 3600, 3), "evaluate_seconds": round(time.time() - start, 1),
+        "train_hours_on_the_2_core_machine": round(train_seconds / 3600, 3),
+        "evaluate_seconds": round(time.time() - start, 1),
         "hardware": hardware(), "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "commit": source_commit(), "epochs_trained": len((history or {}).get("loss", [])) or None})
     atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")

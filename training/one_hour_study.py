@@ -149,7 +149,8 @@ def load_rows(out: Path) -> list[dict]:
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown: one line per run, validation accuracy %."""
-    lines = ["| run | clean | APGD-CE 0.3 | + APGD-T 0.3 (worst case) | train s | epochs |", "|---|---|---|---|---|---|"]
+    lines = ["| run | clean | APGD-CE 0.3 | + APGD-T 0.3 (worst case) | train s | epochs |",
+             "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["validation"]["worst_case"][str(EPS)]):
         v = r["validation"]
         train = f"{r['train_seconds']:.0f}" if "train_seconds" in r else "(trained elsewhere)"
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         command = f"{base} --run {','.join(f'{k}={v}' for k, v in run.items())}"
         row = run_one(run, out, args.targets, args.n_eval, command)
-        print(f"{name}: {row['validation']['worst_case'][str(EPS)]:.3f} at eps {EPS}, train {row['train_seconds']:.0f} s",
-              flush=True)
+        print(f"{name}: {row['validation']['worst_case'][str(EPS)]:.3f} at eps {EPS}, "
+              f"train {row['train_seconds']:.0f} s", flush=True)
     rows = load_rows(out)
     if rows and (args.plot or args.run or args.reference):
         (out / "summary.md").write_text(summary_table(rows))

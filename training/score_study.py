@@ -200,7 +200,8 @@ def calibration_distances(name: str, model_path: Path, n: int, *, fab_steps: int
         dist = minimal_distances(clf, x, stats["predicted_class"], "fmn+fab",
                                  Budget(norm=norm, fab_steps=fab_steps, fmn_steps=fmn_steps),
                                  batch_size=batch_size, progress=True)
-        out["threats"][norm] = {"margin": stats["margin"].tolist(), "effective_margin": stats["effective_margin"].tolist(),
+        out["threats"][norm] = {"margin": stats["margin"].tolist(),
+                                "effective_margin": stats["effective_margin"].tolist(),
                                 "distance": [float(v) if np.isfinite(v) else None for v in dist]}
     # The served margin of the analysed test images too (a forward pass; the first analysis kept only
     # the effective margin), for the margin-based radius.

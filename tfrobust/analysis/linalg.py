@@ -195,8 +195,8 @@ def power_iteration(matvec: Operator, v0: tf.Tensor, iters: int, k: int = 1) -> 
         Signed eigenvalues ``[N, k]``, in the order found (descending ``|λ|``).
     """
     v0 = tf.convert_to_tensor(v0)
-    found_values = []
-    found_vectors = []
+    found_values: list[tf.Tensor] = []
+    found_vectors: list[tf.Tensor] = []
 
     def deflated(v):
         w = matvec(v)

@@ -87,8 +87,9 @@ def _overlay(ax, surface: Surface, *, legend: bool = True, boundary: bool = True
     if surface.ball is not None and surface.eps is not None:
         ax.contour(aa, bb, surface.ball, levels=[surface.eps], colors="#1a9850", linewidths=1.8,
                    linestyles="--")
+        norm = "L∞" if surface.norm == "linf" else "L2"
         handles.append(Line2D([], [], color="#1a9850", lw=1.8, ls="--",
-                              label=f"ε-ball ∩ plane ({'L∞' if surface.norm == 'linf' else 'L2'}, ε = {surface.eps:g})"))
+                              label=f"ε-ball ∩ plane ({norm}, ε = {surface.eps:g})"))
     if surface.trajectory is not None:
         t = np.asarray(surface.trajectory)
         ax.plot(t[:, 0], t[:, 1], "-o", color="#ff7f00", ms=3.5, lw=1.5, mec="k", mew=0.4)

@@ -9,7 +9,7 @@ sparser, more object-aligned input gradients.
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -64,7 +64,7 @@ def saliency_maps(model, x, y, *, method: str = "saliency", score: str = "decisi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Keras 3 warns about the list-wrapped input
         saliency = Saliency(model, clone=False)
-        kwargs = {"normalize_map": normalize}
+        kwargs: dict[str, Any] = {"normalize_map": normalize}
         if method == "smoothgrad":
             kwargs.update(smooth_samples=int(smooth_samples), smooth_noise=float(smooth_noise))
         maps = saliency(score_fn, x, **kwargs)

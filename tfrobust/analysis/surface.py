@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -120,7 +121,7 @@ class Surface:
         """Inverse of :meth:`to_dict`."""
         arrays = {"alphas", "betas", "decision", "loss", "ball", "trajectory", "trajectory_offplane",
                   "trajectory_decision", "accuracy"}
-        kwargs = {k: (np.asarray(v, dtype=np.float64) if k in arrays and v is not None else v)
+        kwargs: dict[str, Any] = {k: (np.asarray(v, dtype=np.float64) if k in arrays and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
 
@@ -214,10 +215,10 @@ def evaluate_plane(model, x, y, u, v, alphas, betas, *, clip: tuple[float, float
     v = tf.cast(v, x.dtype)
     dec, ce = [], []
     for s in utils.progress(list(utils.batches(aa.size, batch_size)), enabled=progress, desc="surface"):
-        d, l = _plane_values(model, x, label, u, v, tf.constant(aa[s], x.dtype),
+        d, loss = _plane_values(model, x, label, u, v, tf.constant(aa[s], x.dtype),
                              tf.constant(bb[s], x.dtype), lo_hi)
         dec.append(d.numpy())
-        ce.append(l.numpy())
+        ce.append(loss.numpy())
     shape = (len(betas), len(alphas))
     return np.concatenate(dec).reshape(shape), np.concatenate(ce).reshape(shape)
 

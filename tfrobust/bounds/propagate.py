@@ -59,6 +59,7 @@ def interval_bounds(graph: Graph, lower: tf.Tensor, upper: tf.Tensor) -> dict[in
     for node in graph.nodes:
         ins = [boxes[i] for i in node.inputs]
         if node.kind == "affine":
+            assert node.abs_linear is not None, f"affine node {node.name} has no abs_linear"
             lo, hi = ins[0]
             center, radius = node.apply((lo + hi) / 2), node.abs_linear((hi - lo) / 2)
             boxes[node.output] = (center - radius, center + radius)

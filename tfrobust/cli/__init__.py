@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import types
 
 __all__ = ["main", "build_parser", "VERBS", "CliError", "USER_ERRORS"]
 
@@ -47,7 +48,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + ((data.DatasetUnavailableError,) if data is not None else ())
 
 
-def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, object | None]:
+def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, types.ModuleType | None]:
     """The parser of every verb's name and help, with the full options of ``verb`` only.
 
     Returns:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 2
+    assert module is not None, "argparse parsed a verb that _verb_of did not find"
     debug = args.debug or bool(os.environ.get("TFROBUST_DEBUG"))
     if args.verb != "recipes" and not debug:
         _import_tensorflow_quietly()

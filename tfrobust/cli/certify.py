@@ -15,7 +15,8 @@ __all__ = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tfrobust certify`` (Cohen et al.'s names: ``--n0``, ``--n``, ``--alpha``)."""
     parser.add_argument("--model", required=True, help="a .keras base classifier (trained for smoothing)")
-    parser.add_argument("--dataset", required=True, help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
+    parser.add_argument("--dataset", required=True,
+                        help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
     parser.add_argument("--split", default="test", help="train or test (default test)")
     parser.add_argument("--examples", type=int, default=None,
                         help="first N examples of the split (default: 500, or the whole split if smaller)")

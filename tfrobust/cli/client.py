@@ -32,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "certified L2 radius")
 
 
+_DATASET_BY_SHAPE: dict[tuple[int, ...], str] = {(28, 28, 1): "mnist", (8, 8, 1): "digits", (32, 32, 3): "cifar10"}
+
+
 def _dataset_for(shape: tuple[int, ...] | None) -> str:
-    return {(28, 28, 1): "mnist", (8, 8, 1): "digits", (32, 32, 3): "cifar10"}.get(shape, "synthetic")
+    return "synthetic" if shape is None else _DATASET_BY_SHAPE.get(shape, "synthetic")
 
 
 def _load_images(args: argparse.Namespace,
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be >= 1")
     errors: tuple[type[BaseException], ...] = (RestError, OSError, KeyError, ImportError)
+    client: GrpcClient | RestClient
     try:
         if args.grpc:
             import grpc  # pylint: disable=import-outside-toplevel

@@ -20,7 +20,8 @@ __all__ = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tfrobust evaluate`` (docs/architecture.md)."""
     parser.add_argument("--model", required=True, help="a .keras model")
-    parser.add_argument("--dataset", required=True, help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
+    parser.add_argument("--dataset", required=True,
+                        help="a dataset name: mnist, fashion_mnist, digits, synthetic or cifar10")
     parser.add_argument("--split", default="test", help="train or test (default test)")
     parser.add_argument("--n", type=int, default=None,
                         help="first N examples (default: 1000, or the whole split if smaller)")
@@ -81,12 +82,13 @@ def _distribution(name: str, resume: str | None):
     return local, tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def run(args: argparse.Namespace) -> int:
-    """Runs ``tfrobust evaluate``."""
-    from tfrobust import data  # pylint: disable=import-outside-toplevel
-    from tfrobust.evaluation import (EVAL_ATTACKS, check_curve_attack, evaluate_model,  # pylint: disable=import-outside-toplevel
-                                     format_table, parse_eps_list, plot_curve)
-    from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
+def _checked_flags(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, float]]]:
+    """The attack names and the eps list, after checking every flag that needs no model or data.
+
+    Raises:
+        ValueError: naming the first bad flag.
+    """
+    from tfrobust.evaluation import EVAL_ATTACKS, check_curve_attack, parse_eps_list  # pylint: disable=import-outside-toplevel
 
     attack_names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     for name in attack_names:
@@ -116,19 +118,34 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
     if args.step_size is not None and not args.step_size > 0:
         raise ValueError(f"--step-size={args.step_size} must be > 0")
+    return attack_names, eps_list
+
+
+def _check_input_shape(model, clf, x, dataset: str) -> None:
+    """Raises ValueError unless the images have the shape the model (or its classifier) declares."""
+    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if expected is None and getattr(clf, "inputs", None):
+        expected = tuple(clf.inputs[0].shape[1:])
+    if expected is not None and tuple(x.shape[1:]) != expected:
+        raise ValueError(f"--dataset {dataset!r} has images of shape {x.shape[1:]}, "
+                         f"but the model expects {expected}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``tfrobust evaluate``."""
+    from tfrobust import data  # pylint: disable=import-outside-toplevel
+    from tfrobust.evaluation import evaluate_model, format_table, plot_curve  # pylint: disable=import-outside-toplevel
+    from tfrobust.models import load_model, unwrap  # pylint: disable=import-outside-toplevel
+
+    attack_names, eps_list = _checked_flags(args)
     strategy, cluster = _distribution(args.strategy, args.resume)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = load_model(args.model)
     x, y = data.load(args.dataset, args.split, args.n)
     if args.n is None:
         x, y = x[:1000], y[:1000]
-    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     clf = unwrap(model)
-    if expected is None and getattr(clf, "inputs", None):
-        expected = tuple(clf.inputs[0].shape[1:])
-    if expected is not None and tuple(x.shape[1:]) != expected:
-        raise ValueError(f"--dataset {args.dataset!r} has images of shape {x.shape[1:]}, "
-                         f"but the model expects {expected}")
+    _check_input_shape(model, clf, x, args.dataset)
     budget = Budget(step_size=args.step_size, norm=args.norm,
                     **{knob.name: getattr(args, knob.name) for knob in KNOBS})
     result = evaluate_model(model, x, y, attacks=attack_names, eps=eps_list, budget=budget,

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tfrobust.paper import ATTACKS, EPS, PAPER_TABLE1
 
@@ -85,7 +85,7 @@ def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int =
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     x_test, y_test = data.load("mnist", "test", n_test)
-    report = {"dataset": "mnist", "n_test": n_test, "model": f"mnist_cnn(width={width})", "seed": seed,
+    report: dict[str, Any] = {"dataset": "mnist", "n_test": n_test, "model": f"mnist_cnn(width={width})", "seed": seed,
               "commit": utils.source_commit(), "hardware": utils.hardware(),
               "recipes": {}, "models": {},
               "paper": {k: PAPER_TABLE1[k] for k in ("natural", "decision_jacobian")}}
@@ -111,6 +111,7 @@ def quickstart(out_dir: str | Path, *, n_train: int | None = None, n_test: int =
             model, x_test, y_test, attacks=ATTACKS + ("pgd",), eps=",".join(EPS),
             budget=evaluation.Budget(steps=10, step_size={"bim": 0.1, "cw": 0.1, "pgd": None}),
             meta={"model": str(out / f"{name}.keras"), "dataset": "mnist", "split": "test"})
+        assert result is not None  # one process, so the chief: only other workers get None
         result["train_seconds"] = round(train_seconds, 1)
         history = json.loads((out / "runs" / name / "history.json").read_text())
         result["history"] = {k: [round(float(v), 4) for v in vals] for k, vals in history.items()}

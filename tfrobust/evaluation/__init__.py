@@ -26,8 +26,8 @@ The result is the evaluation JSON of docs/architecture.md
 from tfrobust.attacks import Budget
 from tfrobust.evaluation.certified import certified_radii, soundness_check, verified_examples
 from tfrobust.evaluation.cascade import AUTOATTACK, EVAL_ATTACKS, expand_attacks, run_cascade
-from tfrobust.evaluation.curve import (CERTIFIED_CURVES, CURVE_ATTACKS, MINIMAL_ATTACKS, accuracy_at, check_curve_attack,
-                                      minimal_distances, plot_curve)
+from tfrobust.evaluation.curve import (CERTIFIED_CURVES, CURVE_ATTACKS, MINIMAL_ATTACKS, accuracy_at,
+                                      check_curve_attack, minimal_distances, plot_curve)
 from tfrobust.evaluation.report import evaluate_model, format_table, load_model, parse_eps_list
 from tfrobust.evaluation.sanity import sanity_checks, seed_tolerance
 

@@ -57,8 +57,8 @@ def check_curve_attack(name: str) -> str:
     parts = name.split("+") if isinstance(name, str) else [name]
     if name not in CERTIFIED_CURVES and (len(set(parts)) != len(parts)
                                          or any(p not in MINIMAL_ATTACKS for p in parts)):
-        raise ValueError(f"curve attack {name!r} is unknown; choose one of {', '.join(CURVE_ATTACKS + CERTIFIED_CURVES)}"
-                         f" (or join minimal-norm attacks with '+')")
+        raise ValueError(f"curve attack {name!r} is unknown; choose one of "
+                         f"{', '.join(CURVE_ATTACKS + CERTIFIED_CURVES)} (or join minimal-norm attacks with '+')")
     return name
 
 

@@ -221,14 +221,7 @@ def evaluate_model(
     order, stages = expand_attacks(list(attacks), cascade)
     budget = _budget(budget, deprecated)
     norm = budget.norm
-    if curve is not None:
-        check_curve_attack(curve)
-        if curve in CERTIFIED_CURVES and norm != "linf":
-            raise ValueError(f"norm={norm!r}: curve={curve!r} proves L∞ balls only")
-    if certify is not None:
-        check_choice("certify", certify, BOUND_METHODS)
-        if norm != "linf":
-            raise ValueError(f"norm={norm!r}: certify={certify!r} proves L∞ balls only")
+    _check_curve_and_certify(curve, certify, norm)
     check_norm_support(order, norm, attacks)
     shard = shard_of(cluster if cluster is not None else getattr(strategy, "cluster_resolver", None))
     if shard.workers > 1 and resume is None:
@@ -248,12 +241,7 @@ def evaluate_model(
     y = y.astype(np.int64, copy=False)
     n = len(x)
     num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
-    for name in order:
-        need = eval_attack(name).min_classes
-        if num_classes < need:
-            raise ValueError(f"{name} needs at least {need} classes, the model has {num_classes}")
-    if curve is not None and num_classes < 2:
-        raise ValueError(f"a curve needs at least 2 classes, the model has {num_classes}")
+    _check_classes(order, curve, num_classes)
     budget = budget.capped(num_classes)
     plan = _Plan(order, stages, eps_list, budget, int(batch_size), tuple(clip), certify, curve)
     local = _local_strategy(strategy, shard)
@@ -321,6 +309,28 @@ def evaluate_model(
                               "chunk_size": int(batch_size)}
     result["seconds"] = round(time.time() - start, 2)
     return result
+
+
+def _check_curve_and_certify(curve: str | None, certify: str | None, norm: str) -> None:
+    """Raises ValueError on an unknown curve or bound method, or a certified one off L∞."""
+    if curve is not None:
+        check_curve_attack(curve)
+        if curve in CERTIFIED_CURVES and norm != "linf":
+            raise ValueError(f"norm={norm!r}: curve={curve!r} proves L∞ balls only")
+    if certify is not None:
+        check_choice("certify", certify, BOUND_METHODS)
+        if norm != "linf":
+            raise ValueError(f"norm={norm!r}: certify={certify!r} proves L∞ balls only")
+
+
+def _check_classes(order: Sequence[str], curve: str | None, num_classes: int) -> None:
+    """Raises ValueError if the model has fewer classes than an attack (or the curve) needs."""
+    for name in order:
+        need = eval_attack(name).min_classes
+        if num_classes < need:
+            raise ValueError(f"{name} needs at least {need} classes, the model has {num_classes}")
+    if curve is not None and num_classes < 2:
+        raise ValueError(f"a curve needs at least 2 classes, the model has {num_classes}")
 
 
 def _budget(budget: Budget | None, deprecated: dict) -> Budget:

@@ -43,7 +43,9 @@ def gradient_stats(model, x, y, batch_size) -> dict:
     d_norms, ce_norms, logits = [], [], []
     for s in batches(len(x), batch_size):
         a, b, z = grads(tf.constant(x[s]), tf.constant(y[s]))
-        d_norms.append(a.numpy()), ce_norms.append(b.numpy()), logits.append(z.numpy())
+        d_norms.append(a.numpy())
+        ce_norms.append(b.numpy())
+        logits.append(z.numpy())
     return {"margin_grad": np.concatenate(d_norms), "ce_grad": np.concatenate(ce_norms),
             "logits": np.concatenate(logits)}
 
@@ -95,35 +97,11 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
 
     iterative = attacks_where(result["attacks"], "iterative")
     if "fgsm" in result["attacks"] and iterative:
-        weaker = []
-        for key, fg in result["attacks"]["fgsm"].items():
-            best = min(result["attacks"][a][key] for a in iterative
-                       if a in result["attacks"] and key in result["attacks"][a])
-            if best > fg + _TOL:
-                weaker.append(f"eps {key}: iterative {best:.3f} > fgsm {fg:.3f}")
-        checks.append({"name": "iterative_not_weaker_than_fgsm", "passed": not weaker,
-                       "detail": "; ".join(weaker) or "the strongest iterative attack is at least as "
-                                                      "strong as FGSM at every eps"})
+        checks.append(_iterative_check(result["attacks"], iterative))
 
     white = [a for a in result["attacks"] if not eval_attack(a).black_box]
     if "square" in result["attacks"] and white:
-        stronger = []
-        if black_box_gain is not None:
-            for key, gain in black_box_gain.items():
-                if gain > _TOL:
-                    stronger.append(f"eps {key}: square broke {gain:.3f} of the examples that every "
-                                    "white-box attack failed on")
-            ok_detail = ("square broke at most 0.01 of the examples at every eps beyond what the "
-                         "white-box attacks broke")
-        else:
-            for key, sq in result["attacks"]["square"].items():
-                best = min(result["attacks"][a][key] for a in white if key in result["attacks"][a])
-                if sq < best - _TOL:
-                    stronger.append(f"eps {key}: square {sq:.3f} < white-box {best:.3f}")
-            ok_detail = "no white-box attack is weaker than square (tolerance 0.01)"
-        checks.append({"name": "white_box_not_weaker_than_square", "passed": not stronger,
-                       "detail": ("; ".join(stronger) + ": gradients are masked, trust the black-box "
-                                  "number") if stronger else ok_detail})
+        checks.append(_white_box_check(result["attacks"], white, black_box_gain))
 
     if seed_check is not None:
         diff = abs(seed_check["accuracy"] - seed_check["accuracy_rerun"])
@@ -155,6 +133,41 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
                        "detail": "outputs are probabilities: attacks on them are unreliable"
                        if probs_like else "outputs are unnormalised logits"})
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def _iterative_check(accuracies: dict, iterative: list[str]) -> dict:
+    """``iterative_not_weaker_than_fgsm``: at every eps the strongest iterative attack is at least
+    as strong as FGSM (``accuracies``: attack -> eps key -> accuracy)."""
+    weaker = []
+    for key, fg in accuracies["fgsm"].items():
+        best = min(accuracies[a][key] for a in iterative if a in accuracies and key in accuracies[a])
+        if best > fg + _TOL:
+            weaker.append(f"eps {key}: iterative {best:.3f} > fgsm {fg:.3f}")
+    return {"name": "iterative_not_weaker_than_fgsm", "passed": not weaker,
+            "detail": "; ".join(weaker) or "the strongest iterative attack is at least as "
+                                           "strong as FGSM at every eps"}
+
+
+def _white_box_check(accuracies: dict, white: list[str], black_box_gain: dict[str, float] | None) -> dict:
+    """``white_box_not_weaker_than_square``: on the examples (``black_box_gain``) or, without it,
+    on the accuracies, the black-box Square attack does not beat the white-box attacks ``white``."""
+    stronger = []
+    if black_box_gain is not None:
+        for key, gain in black_box_gain.items():
+            if gain > _TOL:
+                stronger.append(f"eps {key}: square broke {gain:.3f} of the examples that every "
+                                "white-box attack failed on")
+        ok_detail = ("square broke at most 0.01 of the examples at every eps beyond what the "
+                     "white-box attacks broke")
+    else:
+        for key, sq in accuracies["square"].items():
+            best = min(accuracies[a][key] for a in white if key in accuracies[a])
+            if sq < best - _TOL:
+                stronger.append(f"eps {key}: square {sq:.3f} < white-box {best:.3f}")
+        ok_detail = "no white-box attack is weaker than square (tolerance 0.01)"
+    return {"name": "white_box_not_weaker_than_square", "passed": not stronger,
+            "detail": ("; ".join(stronger) + ": gradients are masked, trust the black-box "
+                       "number") if stronger else ok_detail}
 
 
 def black_box_gain(runs: dict, order: list[str], eps_list) -> dict[str, float]:

@@ -17,8 +17,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
@@ -116,7 +118,7 @@ class ChunkStore:
         ValueError: naming the settings that differ from the directory's manifest.
     """
 
-    def __init__(self, path: str | Path | None, manifest: dict):
+    def __init__(self, path: str | os.PathLike | None, manifest: dict):
         self.path = None if path is None else Path(path)
         self._memory: dict[int, dict[str, np.ndarray]] = {}
         if self.path is None:
@@ -132,6 +134,7 @@ class ChunkStore:
                              f"{', '.join(differ)} differ; use a new directory")
 
     def _file(self, chunk: int) -> Path:
+        assert self.path is not None, "an in-memory store has no files"
         return self.path / f"chunk-{chunk:06d}.npz"
 
     def done(self, chunk: int) -> bool:
@@ -144,7 +147,8 @@ class ChunkStore:
             self._memory[chunk] = arrays
             return
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        # dict[str, Any]: numpy's stub matches the array names against savez's own allow_pickle (bool)
+        np.savez(buffer, **cast(dict[str, Any], arrays))
         atomic_write(self._file(chunk), buffer.getvalue())
 
     def load(self, chunk: int) -> dict[str, np.ndarray]:

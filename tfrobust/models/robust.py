@@ -117,7 +117,7 @@ class RobustModel(keras.Model):
         self.penalty_warmup_steps = int(penalty_warmup_steps)
         self.term_trackers = [keras.metrics.Mean(name=n) for n in self.objective.metric_names]
         self.built = classifier.built
-        self._share_forward = None
+        self._share_forward: bool | None = None
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)

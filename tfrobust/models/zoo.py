@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 __all__ = [
@@ -124,8 +126,9 @@ def linear_classifier(input_shape, num_classes: int = 10, name: str = "linear") 
                              keras.layers.Dense(num_classes)], name=name)
 
 
-CLASSIFIERS = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "linear": linear_classifier, "ibp_cnn": ibp_cnn,
-               "wide_resnet": wide_resnet, "wrn_34_10": wrn_34_10}
+CLASSIFIERS: dict[str, Callable[..., keras.Model]] = {
+    "mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "linear": linear_classifier, "ibp_cnn": ibp_cnn,
+    "wide_resnet": wide_resnet, "wrn_34_10": wrn_34_10}
 """Classifier name -> builder, for configs."""
 
 

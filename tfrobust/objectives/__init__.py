@@ -17,8 +17,8 @@ two forward/backward passes, no double backprop.
 Terms: :class:`CrossEntropy`, :class:`AdversarialTraining`,
 :class:`FastAdversarialTraining`, :class:`Trades`, :class:`Mart`,
 :class:`CertifiedTraining` (IBP and CROWN-IBP; base losses), :class:`GaussianNoise` (training
-for randomized smoothing; a base loss) with :class:`Consistency` (its penalty) and :class:`DecisionJacobian`, :class:`InputGradient`,
-:class:`EffectiveMargin` (penalties). TRADES' KL attack is a
+for randomized smoothing; a base loss) with :class:`Consistency` (its penalty) and
+:class:`DecisionJacobian`, :class:`InputGradient`, :class:`EffectiveMargin` (penalties). TRADES' KL attack is a
 :func:`KLAttack` point, usable wherever an attack config is.
 
 Example::

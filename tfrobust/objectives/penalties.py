@@ -120,7 +120,7 @@ class DecisionJacobian(Term):
         self.h = _check_h(h)
 
     def attacks(self) -> list[AttackConfig]:
-        return [] if self.at == CLEAN else [self.at]
+        return [self.at] if isinstance(self.at, AttackConfig) else []
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         if self.method == "finite_difference":
@@ -421,7 +421,7 @@ class EffectiveMargin(Term):
         return cls(lam=float(lam_authors) / int(batch_size), **kwargs)
 
     def attacks(self) -> list[AttackConfig]:
-        return [] if self.at == CLEAN else [self.at]
+        return [self.at] if isinstance(self.at, AttackConfig) else []
 
     def __call__(self, ctx: StepContext) -> tf.Tensor:
         logits = ctx.logits(self.at, self.training)

@@ -153,49 +153,11 @@ class _BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None = None):
-    """Builds the ASGI application (FastAPI) serving ``registry``.
-
-    Args:
-        registry: the served models.
-        config: server settings.
-        core: the model calls to share with another front-end (gRPC); by default the
-            app makes its own and closes it when it shuts down. One passed in is left
-            open for its owner to close.
-
-    Returns:
-        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.core`` and
-        ``.state.batchers``).
-    """
-    from fastapi import FastAPI, Request
-    from fastapi import Path as PathParam
+def _add_error_handlers(app) -> None:
+    """Every error as ``{"error": "..."}``: a :class:`ServingError` with its status, Starlette's
+    (a 404 as a malformed request), FastAPI's validation errors as 400 and anything else as 500."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.openapi.utils import get_openapi
-    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    import tfrobust
-
-    owned = core is None
-    if core is None:
-        core = ServingCore(registry, config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        yield
-        if owned:
-            core.close()
-
-    app = FastAPI(
-        lifespan=lifespan,
-        title="tfrobust local model server",
-        version=tfrobust.__version__,
-        description="TF Serving's REST API (predict, status, metadata) for SavedModels exported "
-                    "by `tfrobust export`. Errors are `{\"error\": \"...\"}`.",
-        docs_url=None, redoc_url=None)
-    app.state.core = core
-    app.state.batchers = core.batchers
-    app.state.executor = core.executor
 
     @app.exception_handler(ServingError)
     async def _serving_error(request, err: ServingError):
@@ -219,8 +181,32 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _json_response({"error": f"internal error: {type(err).__name__}"}, 500)
 
-    NAME = PathParam(pattern=NAME_PATTERN, description="model name")
-    VERSION = PathParam(pattern=VERSION_PATTERN, description="model version (an integer)")
+
+def _without_validation_errors(schema: dict) -> dict:
+    """The OpenAPI ``schema`` without FastAPI's 422 responses and their components: a request
+    that fails validation gets a 400 here (:func:`_add_error_handlers`)."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            operation.get("responses", {}).pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    if "components" in schema and not components:
+        schema.pop("components")
+    return schema
+
+
+def _path_params() -> tuple[Any, Any]:
+    """The ``{name}`` and ``{version}`` path parameters of the routes, with their patterns."""
+    from fastapi import Path as PathParam
+
+    return (PathParam(pattern=NAME_PATTERN, description="model name"),
+            PathParam(pattern=VERSION_PATTERN, description="model version (an integer)"))
+
+
+def _add_status_routes(app, core: ServingCore) -> None:
+    """The GET routes: model status and metadata, of every version or of one."""
+    NAME, VERSION = _path_params()
 
     def check_name(name: str) -> None:
         if not MODEL_NAME_RE.match(name):
@@ -255,6 +241,52 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
     async def model_version_metadata(name: str = NAME, version: str = VERSION):
         return _json_response(metadata_body(name, parse_version(version)))
 
+
+def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None = None):
+    """Builds the ASGI application (FastAPI) serving ``registry``.
+
+    Args:
+        registry: the served models.
+        config: server settings.
+        core: the model calls to share with another front-end (gRPC); by default the
+            app makes its own and closes it when it shuts down. One passed in is left
+            open for its owner to close.
+
+    Returns:
+        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.core`` and
+        ``.state.batchers``).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.openapi.utils import get_openapi
+    from starlette.concurrency import run_in_threadpool
+
+    import tfrobust
+
+    owned = core is None
+    if core is None:
+        core = ServingCore(registry, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if owned:
+            core.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="tfrobust local model server",
+        version=tfrobust.__version__,
+        description="TF Serving's REST API (predict, status, metadata) for SavedModels exported "
+                    "by `tfrobust export`. Errors are `{\"error\": \"...\"}`.",
+        docs_url=None, redoc_url=None)
+    app.state.core = core
+    app.state.batchers = core.batchers
+    app.state.executor = core.executor
+    _add_error_handlers(app)
+
+    _add_status_routes(app, core)
+    NAME, VERSION = _path_params()
+
     async def predict(request: Request, name: str, version: int | None):
         served = core.resolve(name, version)
         body = await request.body()
@@ -284,20 +316,11 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
-            for path_item in schema.get("paths", {}).values():
-                for operation in path_item.values():
-                    operation.get("responses", {}).pop("422", None)
-            components = schema.get("components", {}).get("schemas", {})
-            for unused in ("HTTPValidationError", "ValidationError"):
-                components.pop(unused, None)
-            if "components" in schema and not components:
-                schema.pop("components")
-            app.openapi_schema = schema
+            app.openapi_schema = _without_validation_errors(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes))
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # how FastAPI documents extending the schema
 
     @app.post("/v1/models/{name}:{method}", include_in_schema=False)
     @app.post("/v1/models/{name}/versions/{version}:{method}", include_in_schema=False)

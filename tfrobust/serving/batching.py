@@ -46,7 +46,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
-            self._tasks = [loop.create_task(self._worker()) for _ in range(self.workers)]
+            self._tasks = [loop.create_task(self._worker(self._wakeup)) for _ in range(self.workers)]
         future = loop.create_future()
         rows = next(iter(inputs.values())).shape[0]
         self._pending.append((inputs, rows, future))
@@ -69,12 +69,12 @@ class Batcher:
         joined = {n: np.concatenate([item[0][n] for item in batch], axis=0) for n in names}
         return self.served.run(self.signature, joined)
 
-    async def _worker(self) -> None:
+    async def _worker(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
                 continue
             if self.timeout_s > 0 and sum(i[1] for i in self._pending) < self.max_batch_size:
                 await asyncio.sleep(self.timeout_s)
@@ -97,7 +97,7 @@ class Batcher:
             finally:
                 self._running -= 1
             start = 0
-            for inputs, rows, future in batch:
+            for _inputs, rows, future in batch:
                 if not future.done():
                     future.set_result({k: v[start:start + rows] for k, v in outputs.items()})
                 start += rows

@@ -56,7 +56,7 @@ def choose_statistic(distance, statistics: dict, coverage: float) -> str:
     for name, values in statistics.items():
         v = np.asarray(values, float)
         score[name] = float(np.median(conformal_factor(d, v, coverage) * v[found] / d[found]))
-    return max(score, key=score.get)
+    return max(score, key=score.__getitem__)
 
 
 def calibrate_radius(model: Callable, x, *, norm: str, coverage: float = 0.9, attack: str = "fmn+fab",

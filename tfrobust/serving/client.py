@@ -293,7 +293,7 @@ def score_images(client: RestClient | GrpcClient, images: np.ndarray,
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
-def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | None = None) -> str:
+def format_scores(scores: Mapping[str, np.ndarray], labels: Sequence[int] | np.ndarray | None = None) -> str:
     """A table: one line per image with its prediction and margin scores.
 
     Columns: index, predicted class, its probability, true label (when given),

@@ -266,8 +266,11 @@ async def start_grpc_server(core: ServingCore, config: ServerConfig) -> tuple[gr
         The server (stop it with ``await server.stop(grace)``) and its port.
 
     Raises:
-        ValueError: if the address cannot be bound (it is never shared with another server).
+        ValueError: if ``config.grpc_port`` is ``None`` or the address cannot be bound (it is
+            never shared with another server).
     """
+    if config.grpc_port is None:
+        raise ValueError("config.grpc_port is None: no gRPC port to listen on")
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", config.max_body_bytes),
                  ("grpc.max_send_message_length", -1)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
@@ -32,7 +32,7 @@ MODEL_NAME_RE = re.compile(NAME_PATTERN)
 MAX_VERSION = 2**63 - 1
 
 
-_DTYPES = {  # TF DataType enum name -> numpy dtype, numeric types only
+_DTYPES: dict[str, type[np.number]] = {  # TF DataType enum name -> numpy dtype, numeric types only
     "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16,
     "DT_INT8": np.int8, "DT_INT16": np.int16, "DT_INT32": np.int32, "DT_INT64": np.int64,
     "DT_UINT8": np.uint8, "DT_UINT16": np.uint16, "DT_UINT32": np.uint32, "DT_UINT64": np.uint64,
@@ -93,9 +93,10 @@ def _to_array(value: Any, name: str, dtype_name: str, shape: tuple[int, ...] | N
     with np.errstate(over="ignore", invalid="ignore"):
         arr = raw.astype(want, copy=False)
     check_input(arr, name, shape, input_range)
-    if want.kind != "f" and raw.dtype.kind in "iu" and (
-            raw.min() < np.iinfo(want).min or raw.max() > np.iinfo(want).max):
-        raise bad_request(f"input {name!r}: integer out of range for {want.name}")
+    if want.kind != "f" and raw.dtype.kind in "iu":
+        limits = np.iinfo(cast("np.dtype[np.integer]", want))  # the table's other dtypes are integers
+        if raw.min() < limits.min or raw.max() > limits.max:
+            raise bad_request(f"input {name!r}: integer out of range for {want.name}")
     return arr
 
 
@@ -180,7 +181,7 @@ def _columns_of(inputs: Any, signature: SignatureInfo) -> dict[str, Any]:
 
 def parse_predict_request(
     body: bytes,
-    resolve_signature,
+    resolve_signature: Callable[[str], SignatureInfo],
     input_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> tuple[str, str, dict[str, np.ndarray]]:
     """Parses and validates a ``:predict`` body.

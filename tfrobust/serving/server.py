@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tfrobust.serving.app import create_app
 from tfrobust.serving.batching import Batcher
@@ -151,7 +151,7 @@ def _uvicorn_server(app, config: ServerConfig, log_level: str, configure_logging
 
     # Embedded servers (start_server) leave the host program's logging alone: uvicorn's
     # dictConfig would bind handlers to whatever sys.stderr is at that moment.
-    extra = {} if configure_logging else {"log_config": None}
+    extra: dict[str, Any] = {} if configure_logging else {"log_config": None}
     uv_config = uvicorn.Config(
         app, log_level=log_level, access_log=False, lifespan="on", **extra,
         limit_concurrency=config.limit_concurrency, timeout_keep_alive=30,

@@ -68,7 +68,7 @@ def clean_stale_temporaries(base_path: str | os.PathLike) -> list[str]:
         The removed paths.
     """
     base = Path(base_path)
-    removed = []
+    removed: list[str] = []
     if not base.is_dir():
         return removed
     for child in base.iterdir():

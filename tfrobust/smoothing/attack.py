@@ -36,7 +36,7 @@ def smoothed_log_probability(model: Callable, x: tf.Tensor, y: tf.Tensor, noise:
     return tf.reduce_logsumexp(picked, axis=0) - tf.math.log(tf.cast(m, picked.dtype))
 
 
-def smooth_adv_pgd(model: Callable, x, y=None, *, sigma: float, eps: float, steps: int = 10, m: int = 8,
+def smooth_adv_pgd(model: Callable, x, y=None, *, sigma: float, eps: float | tf.Tensor, steps: int = 10, m: int = 8,
                    step_size: float | None = None, clip: tuple[float, float] | None = (0.0, 1.0),
                    seed: int = 0) -> tf.Tensor:
     """SmoothAdv's attack on ``g``: L2 PGD maximising the soft smoothed classifier's cross-entropy.

@@ -116,8 +116,8 @@ def sample_counts(model: Callable, x, sigma: float, n: int, batch_size: int = 10
 
     Draw ``j`` of example ``i`` comes from the stateless seed ``(seed, i, j // NOISE_BLOCK, stream)``
     (:func:`block_noise`), so the counts depend on ``seed`` and not on ``batch_size``, which only
-    sets how many noisy inputs (from any examples) one forward pass takes. The noise is drawn in-graph and is not clipped (Cohen et al.);
-    the model runs in inference mode.
+    sets how many noisy inputs (from any examples) one forward pass takes. The noise is drawn in-graph
+    and is not clipped (Cohen et al.); the model runs in inference mode.
 
     Args:
         model: the base classifier, mapping inputs to logits.
