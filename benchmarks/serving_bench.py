@@ -34,7 +34,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -54,29 +53,7 @@ SIGNATURES = ("serving_default", "robustness")
 BATCHES = (1, 64)
 
 
-# -- hardware and command -----------------------------------------------------------------
-
-
-def hardware() -> str:
-    """CPU model, core count, memory, OS and library versions, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    import tensorflow as tf
-
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, no GPU, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, TF {tf.__version__}")
+# -- command ------------------------------------------------------------------------------
 
 
 def command_line(argv: list[str]) -> str:
@@ -460,7 +437,7 @@ def certified_latency(model, shape: tuple[int, ...], args: argparse.Namespace, c
     """
     import tensorflow as tf
     from tfrobust.serving.export import certify_settings, export_saved_model
-    from tfrobust.utils import source_commit
+    from tfrobust.utils import hardware, source_commit
 
     work = Path(tempfile.mkdtemp(prefix="tfrobust-certified-bench-"))
     result: dict[str, Any] = {"command": command, "hardware": hardware(), "commit": source_commit(),
@@ -499,7 +476,7 @@ def smoothed_latency(model, shape: tuple[int, ...], args: argparse.Namespace, co
     calls per signature and batch, the signatures alternating."""
     import tensorflow as tf
     from tfrobust.serving.export import export_saved_model, smoothing_settings
-    from tfrobust.utils import source_commit
+    from tfrobust.utils import hardware, source_commit
 
     settings = smoothing_settings(args.smoothed_sigma, n=args.smoothed_samples, alpha=0.001, n0=100)
     work = Path(tempfile.mkdtemp(prefix="tfrobust-smoothed-bench-"))
@@ -533,7 +510,7 @@ def compare_transports(server: ServerProcess, shape: tuple[int, ...], args: argp
     """REST and gRPC on one server, same model, signatures and batches: p50/p99 latency and
     images/s, each the median over ``args.repeats`` rounds; within a round the transports
     alternate order, so both see the same machine load."""
-    from tfrobust.utils import source_commit
+    from tfrobust.utils import hardware, source_commit
 
     started = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -777,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
                   for s in SIGNATURES}
     ratio = {str(b): round(latency["robustness"][str(b)]["p50"] / latency["serving_default"][str(b)]["p50"], 3)
              for b in BATCHES}
-    from tfrobust.utils import source_commit
+    from tfrobust.utils import hardware, source_commit
 
     report = {
         "hardware": hardware(),

@@ -88,3 +88,13 @@ def test_parse_named_paths():
     for bad in ("runs/a", "=runs/a", "a="):
         with pytest.raises(ValueError, match=re.escape(repr(bad))):
             parse_named_paths([bad])
+
+
+def test_hardware_names_cores_memory_and_versions():
+    import os
+    import platform
+
+    line = utils.hardware()
+    assert f"{os.cpu_count()} logical CPU cores visible" in line
+    assert f"Python {platform.python_version()}" in line and line.endswith(f"TF {tf.__version__}")
+    assert ("GPU(s)" in line) != ("no GPU" in line)

@@ -186,18 +186,24 @@ def parse_named_paths(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def hardware() -> str:
-    """CPU model, visible core count and GPUs: the line every result file records."""
+    """CPU model, visible cores, memory, GPUs, OS and library versions: the line every result records."""
     cpu = platform.processor() or platform.machine()
+    memory = ""
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         if names:
             cpu = names[0]
-    except OSError:
+        with open("/proc/meminfo") as f:
+            kib = next((int(line.split()[1]) for line in f if line.startswith("MemTotal:")), None)
+        if kib:
+            memory = f", {kib / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
         pass
     gpus = tf.config.list_physical_devices("GPU")
     dev = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPU cores visible, {dev}"
+    return (f"{cpu}, {os.cpu_count()} logical CPU cores visible{memory}, {dev}, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, TF {tf.__version__}")
 
 
 def as_labels(y, *, num_examples: int | None = None) -> tf.Tensor:
