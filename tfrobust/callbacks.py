@@ -167,12 +167,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
         @tf.function(input_signature=spec)
         def batch_stats(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                logits = classifier(x, training=False)
-                margin = losses.decision_margin(logits, y)
-                total = tf.reduce_sum(margin)
-            grad_norm = norms.dual_norm(tape.gradient(total, x), norm)
+            logits, margin, grad_norm = losses.margin_and_gradient_norm(classifier, x, y, norm=norm)
             correct = [tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y)]
             for attack in attacks:
                 x_adv = attack(classifier, x, y, clip=clip, training=False)

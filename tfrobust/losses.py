@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrobust import norms
 from tfrobust.names import ATTACK_LOSSES
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "dlr_targeted_loss",
     "least_likely",
     "check_logits",
+    "margin_and_gradient_norm",
 ]
 
 
@@ -81,7 +83,7 @@ def dlr_loss(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     k-th largest logit; invariant to shift and scale of the logits.
     """
     top3 = tf.math.top_k(logits, k=3).values
-    scale = top3[:, 0] - top3[:, 2] + tf.cast(1e-12, logits.dtype)
+    scale = top3[:, 0] - top3[:, 2] + tf.cast(norms.TINY, logits.dtype)
     return -decision_margin(logits, y) / scale
 
 
@@ -92,7 +94,7 @@ def dlr_targeted_loss(logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tf.
     target class and ``z_(k)`` the k-th largest logit; needs at least 4 classes.
     """
     top4 = tf.math.top_k(logits, k=4).values
-    scale = top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + tf.cast(1e-12, logits.dtype)
+    scale = top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + tf.cast(norms.TINY, logits.dtype)
     z_y = tf.gather(logits, tf.cast(y, tf.int32), batch_dims=1)
     z_t = tf.gather(logits, tf.cast(target, tf.int32), batch_dims=1)
     return -(z_y - z_t) / scale
@@ -149,3 +151,34 @@ def check_logits(model_or_outputs, name: str = "model") -> None:
             raise ValueError(
                 f"{name} outputs probabilities (every row is in [0, 1] and sums to 1); "
                 "tfrobust needs logits: remove the final softmax")
+
+
+def margin_and_gradient_norm(model, x: tf.Tensor, y: tf.Tensor | None = None, *, norm: str = "linf",
+                             dtype: tf.DType | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Logits, the margin of each example and the dual norm of its input gradient, in inference mode.
+
+    The one definition behind the monitor's margins, the served ``robustness`` signature and the
+    analysis: ``margin / gradient norm`` (:func:`tfrobust.norms.safe_ratio`) is the first-order
+    distance to the decision boundary for the threat ``norm``. The gradient is that of the summed
+    margins, which is each example's own because inference mode couples no examples.
+
+    Args:
+        model: a classifier returning logits.
+        x: inputs ``[batch, ...]``.
+        y: integer labels: the decision margin (correct minus largest wrong logit, :func:`decision_margin`);
+            ``None``: the margin of the predicted class (:func:`top2_margin`).
+        norm: the threat norm; the gradient's dual norm is taken (L1 for L∞, L2 for L2).
+        dtype: cast the logits to this dtype first (the served signature's float32).
+
+    Returns:
+        ``(logits [batch, classes], margin [batch], gradient dual norm [batch])``; a margin that
+        does not depend on ``x`` has gradient norm 0.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+        if dtype is not None:
+            logits = tf.cast(logits, dtype)
+        margin = top2_margin(logits) if y is None else decision_margin(logits, y)
+    grad = tape.gradient(margin, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return logits, margin, norms.dual_norm(grad, norm)

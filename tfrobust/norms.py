@@ -23,10 +23,14 @@ __all__ = [
     "steepest_step",
     "project",
     "random_start",
+    "TINY",
+    "safe_ratio",
 ]
 
 
-_TINY = 1e-12
+TINY = 1e-12
+"""The floor under a norm (or a probability) before dividing by it (or taking its log), so that a
+zero gradient gives a large finite value, not inf or NaN; the one such constant of the library."""
 
 
 def validate_norm(norm: str) -> str:
@@ -81,6 +85,11 @@ def dual_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
     return per_example_norm(grad, dual_of(norm))
 
 
+def safe_ratio(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
+    """``numerator / max(denominator, TINY)``, in ``denominator``'s dtype: a margin over a gradient norm."""
+    return numerator / tf.maximum(denominator, tf.cast(TINY, denominator.dtype))
+
+
 def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:
     """Unit-size steepest-ascent direction for ``grad`` under ``norm``.
 
@@ -90,7 +99,7 @@ def steepest_step(grad: tf.Tensor, norm: str) -> tf.Tensor:
     if norm == "linf":
         return tf.sign(grad)
     n = per_example_norm(grad, "l2")
-    return grad / expand_like(tf.maximum(n, _TINY), grad)
+    return grad / expand_like(tf.maximum(n, TINY), grad)
 
 
 def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
@@ -105,7 +114,7 @@ def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
             eps = expand_like(eps, delta)
         return tf.clip_by_value(delta, -eps, eps)
     n = per_example_norm(delta, "l2")
-    scale = tf.minimum(tf.ones_like(n), eps / tf.maximum(n, _TINY))
+    scale = tf.minimum(tf.ones_like(n), eps / tf.maximum(n, TINY))
     return delta * expand_like(scale, delta)
 
 

@@ -31,8 +31,6 @@ __all__ = [
     "summarize",
 ]
 
-_TINY = 1e-12
-
 
 def decision_and_gradient(model: Callable, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The decision function ``d`` ``[N]`` and its input gradient ``∇_x d`` (shape of ``x``)."""
@@ -51,8 +49,7 @@ def normalised_margin(d: tf.Tensor, grad: tf.Tensor, norm: str = "linf") -> tf.T
         grad: their input gradients ``[N, ...]``.
         norm: threat norm, ``"linf"`` (divides by the L1 norm) or ``"l2"``.
     """
-    dual = norms.dual_norm(grad, norm)
-    return d / tf.maximum(dual, tf.cast(_TINY, dual.dtype))
+    return norms.safe_ratio(d, norms.dual_norm(grad, norm))
 
 
 @dataclasses.dataclass
@@ -108,8 +105,8 @@ def sample_margins(model, x, y=None, *, norm: str = "linf", batch_size: int = 25
 
 @tf.function(reduce_retracing=True)
 def _margin_step(model, x, y, norm):
-    d, g = decision_and_gradient(model, x, y)
-    return d, normalised_margin(d, g, norm), norms.dual_norm(g, norm)
+    _, d, dual = losses.margin_and_gradient_norm(model, x, y, norm=norm)
+    return d, norms.safe_ratio(d, dual), dual
 
 
 def summarize(values) -> dict:

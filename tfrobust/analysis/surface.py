@@ -399,7 +399,7 @@ def filter_normalized_directions(model, *, seed: int = 0, include_biases: bool =
         axes = list(range(w.shape.rank - 1))
         w_norm = tf.sqrt(tf.reduce_sum(tf.square(w), axis=axes, keepdims=True))
         d_norm = tf.sqrt(tf.reduce_sum(tf.square(d), axis=axes, keepdims=True))
-        out.append(d * w_norm / tf.maximum(d_norm, tf.cast(1e-12, w.dtype)))
+        out.append(d * w_norm / tf.maximum(d_norm, tf.cast(norms.TINY, w.dtype)))
     return out
 
 

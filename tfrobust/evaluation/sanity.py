@@ -120,8 +120,8 @@ def sanity_checks(result: dict, eps_values: dict[str, float], *, grad_stats: dic
                                  f"whole input range (must be <= {limit:.2f})"})
 
     if grad_stats is not None:
-        zero_d = float(np.mean(grad_stats["margin_grad"] <= 1e-12))
-        zero_ce = float(np.mean(grad_stats["ce_grad"] <= 1e-12))
+        zero_d = float(np.mean(grad_stats["margin_grad"] <= norms.TINY))
+        zero_ce = float(np.mean(grad_stats["ce_grad"] <= norms.TINY))
         checks.append({"name": "gradients_not_vanishing", "passed": zero_d < 0.01,
                        "detail": f"{zero_d:.1%} of examples have a zero margin gradient; "
                                  f"{zero_ce:.1%} a zero cross-entropy gradient (saturated softmax"

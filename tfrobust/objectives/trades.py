@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfrobust import losses
+from tfrobust import losses, norms
 from tfrobust.attacks import AttackConfig
 from tfrobust.attacks.kl import KLAttack, kl_divergence
 from tfrobust.objectives.base import Term, as_attack, check_coefficient
@@ -60,9 +60,9 @@ def mart_loss(clean_logits: tf.Tensor, adv_logits: tf.Tensor, y: tf.Tensor, beta
 
     ``BCE(p', y) + beta * KL(p || p') * (1 - p_y)`` with ``p = softmax(z(x))``,
     ``p' = softmax(z(x'))`` and the boosted CE
-    ``BCE = CE(z(x'), y) - log(1.0001 - p'_{j} + 1e-12)``, ``j`` the most
-    probable wrong class at ``x'``; the KL uses ``log(p' + 1e-12)`` and the
-    weight ``1.0000001 - p_y``, as published.
+    ``BCE = CE(z(x'), y) - log(1.0001 - p'_{j} + TINY)``, ``j`` the most
+    probable wrong class at ``x'``; the KL uses ``log(p' + TINY)`` and the
+    weight ``1.0000001 - p_y``, as published (``TINY = 1e-12``, :data:`tfrobust.norms.TINY`).
     """
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     dtype = adv_logits.dtype
@@ -70,10 +70,10 @@ def mart_loss(clean_logits: tf.Tensor, adv_logits: tf.Tensor, y: tf.Tensor, beta
     onehot = tf.one_hot(y, tf.shape(adv_logits)[-1], dtype=dtype)
     wrong = tf.reduce_max(adv_probs - onehot * scalar(2.0, dtype), axis=-1)  # best wrong class prob
     bce = (losses.cross_entropy(adv_logits, y)
-           - tf.math.log(scalar(1.0001, dtype) - wrong + scalar(1e-12, dtype)))
+           - tf.math.log(scalar(1.0001, dtype) - wrong + scalar(norms.TINY, dtype)))
     log_nat = tf.nn.log_softmax(clean_logits, axis=-1)
     nat_probs = tf.exp(log_nat)
-    kl = tf.reduce_sum(nat_probs * (log_nat - tf.math.log(adv_probs + scalar(1e-12, dtype))), axis=-1)
+    kl = tf.reduce_sum(nat_probs * (log_nat - tf.math.log(adv_probs + scalar(norms.TINY, dtype))), axis=-1)
     true_probs = tf.reduce_sum(onehot * nat_probs, axis=-1)
     return bce + scalar(beta, dtype) * kl * (scalar(1.0000001, dtype) - true_probs)
 

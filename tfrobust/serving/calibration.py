@@ -18,9 +18,6 @@ __all__ = [
     "calibrate_radius",
 ]
 
-_TINY = 1e-12
-"""Floor of a statistic in ``distance / statistic`` (a flat model's margin or gradient is 0)."""
-
 
 def conformal_factor(distance, statistic, coverage: float) -> float:
     """The largest ``c`` such that ``distance >= c * statistic`` for at least ``coverage`` of the
@@ -33,7 +30,7 @@ def conformal_factor(distance, statistic, coverage: float) -> float:
     """
     _check_coverage(coverage)
     d = np.asarray(distance, float)
-    ratio = np.sort(d / np.maximum(np.asarray(statistic, float), _TINY))
+    ratio = np.sort(d / np.maximum(np.asarray(statistic, float), norms.TINY))
     if len(ratio) == 0:
         raise ValueError("conformal_factor needs at least one calibration example")
     k = int(np.floor((len(ratio) + 1) * (1.0 - coverage) + 1e-9))  # 1e-9: 1 - 0.9 is 0.0999...

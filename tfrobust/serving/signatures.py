@@ -61,8 +61,6 @@ SMOOTHED_OUTPUTS = ("smoothed_class", "certified_radius_l2", "p_a_lower")
 """Outputs of ``smoothed``: the smoothed classifier's class (-1 = abstain), its certified L2 radius
 and the lower confidence bound on the top class's probability (Cohen et al.'s CERTIFY)."""
 
-_TINY = 1e-12
-
 
 def _logits(model: Callable, x: tf.Tensor) -> tf.Tensor:
     return tf.cast(model(x, training=False), tf.float32)
@@ -113,26 +111,21 @@ def robustness_outputs(model: Callable, x: tf.Tensor, norm: str = "l2",
         A dict with float32 ``logits``, ``probabilities`` ``[batch, classes]``,
         int64 ``predicted_class`` and float32 ``margin``, ``grad_norm``,
         ``effective_margin`` ``[batch]``. ``effective_margin`` divides by
-        ``max(grad_norm, 1e-12)``, so a flat model gives a large finite value.
+        ``max(grad_norm, tfrobust.norms.TINY)`` (1e-12), so a flat model gives a large finite value.
 
     Raises:
         ValueError: for an unsupported ``norm``.
     """
     norms.validate_norm(norm)
     x = tf.convert_to_tensor(x, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits = _logits(model, x)
-        margin = losses.top2_margin(logits)
-    grad = tape.gradient(margin, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grad_norm = norms.dual_norm(grad, norm)
+    logits, margin, grad_norm = losses.margin_and_gradient_norm(model, x, norm=norm, dtype=tf.float32)
     out = {
         "logits": logits,
         "probabilities": tf.nn.softmax(logits, axis=-1),
         "predicted_class": tf.argmax(logits, axis=-1, output_type=tf.int64),
         "margin": margin,
         "grad_norm": grad_norm,
-        "effective_margin": margin / tf.maximum(grad_norm, _TINY),
+        "effective_margin": norms.safe_ratio(margin, grad_norm),
     }
     if radius_factor is not None:
         out["estimated_radius"] = tf.constant(float(radius_factor), tf.float32) * out[radius_statistic]
