@@ -195,7 +195,7 @@ def test_keep_best_writes_the_model_of_the_best_robust_epoch(tmp_path):
         assert len(history[key]) == len(history["val_clean_accuracy"]) == epochs
         best = models.load_model(tmp_path / "run" / "best.keras")
         assert remeasure.evaluate(best)["robust_accuracy"]["fgsm_0.1"] == pytest.approx(max(history[key]), abs=1e-7)
-    assert not list((tmp_path / "run").glob(".*.tmp.keras"))
+    assert not list((tmp_path / "run").glob(".*.keras"))  # no temporary of keep_best or of the checkpoints
 
 
 @pytest.mark.parametrize("change,match", [

@@ -98,3 +98,17 @@ def test_hardware_names_cores_memory_and_versions():
     assert f"{os.cpu_count()} logical CPU cores visible" in line
     assert f"Python {platform.python_version()}" in line and line.endswith(f"TF {tf.__version__}")
     assert ("GPU(s)" in line) != ("no GPU" in line)
+
+
+def test_atomic_path_replaces_only_on_success_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "result.npz"
+    with utils.atomic_path(target, suffix=".npz") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".npz") and not target.exists()
+        np.savez(tmp, x=np.arange(3))
+    np.testing.assert_array_equal(np.load(target)["x"], np.arange(3))
+    with pytest.raises(RuntimeError, match="crash"):
+        with utils.atomic_path(target, suffix=".npz") as tmp:
+            np.savez(tmp, x=np.arange(5))
+            raise RuntimeError("crash mid-write")
+    np.testing.assert_array_equal(np.load(target)["x"], np.arange(3))  # the old contents survive
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.npz"]

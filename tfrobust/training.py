@@ -38,7 +38,7 @@ import yaml
 
 from tfrobust import data, models, recipes
 from tfrobust.names import STRATEGIES
-from tfrobust.utils import atomic_write_text
+from tfrobust.utils import atomic_path, atomic_write_text
 from tfrobust import objectives as objectives_module
 from tfrobust.attacks import as_attack
 from tfrobust.callbacks import CLEAN_ACCURACY_KEY, RobustnessMonitor, robust_accuracy_key
@@ -252,11 +252,8 @@ def _temporary_path(path: Path) -> Path:
 
 
 def _atomic_save_model(model: keras.Model, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_path(path)
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):

@@ -7,6 +7,7 @@ hardware line that every result file records (docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import platform
@@ -25,6 +26,7 @@ __all__ = [
     "check_positive_int",
     "check_positive",
     "check_choice",
+    "atomic_path",
     "atomic_write",
     "atomic_write_text",
     "hardware",
@@ -83,28 +85,42 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def atomic_write(path: str | os.PathLike, content: str | bytes | os.PathLike) -> None:
-    """Writes text or bytes (or copies a file) to ``path`` through a temporary file, fsync and a rename.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` that becomes ``path`` only if the ``with`` block succeeds.
 
-    The file is never seen half-written, and a crash leaves no temporary file behind.
+    The block writes the temporary file (by any means: ``open``, ``np.savez``, ``model.save``); on
+    success it is fsync'ed and renamed over ``path``, so ``path`` is never seen half-written; on an
+    exception it is removed and ``path`` keeps its old contents. The one atomic writer of the library.
+
+    Args:
+        path: the final file; its folder is created.
+        suffix: the temporary name's ending (``".keras"`` for ``model.save``, which checks it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, str):
-                f.write(content.encode())
-            elif isinstance(content, bytes):
-                f.write(content)
-            else:
-                with open(content, "rb") as src:
-                    shutil.copyfileobj(src, f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, content: str | bytes | os.PathLike) -> None:
+    """Writes text or bytes (or copies a file) to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if isinstance(content, str):
+            f.write(content.encode())
+        elif isinstance(content, bytes):
+            f.write(content)
+        else:
+            with open(content, "rb") as src:
+                shutil.copyfileobj(src, f)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -6,12 +6,10 @@ here, else downloaded), read back in the dataset's original order, and kept as a
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from tfrobust.data import offline
 from tfrobust.data.registry import SHAPES, SPLIT_SIZES, Arrays, DatasetUnavailableError
+from tfrobust.utils import atomic_path
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -242,13 +241,8 @@ def _read_cache(path: Path, count: int, shape: tuple[int, ...]) -> Arrays | None
 
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     """Writes the npz cache atomically; a failure only costs speed, so it is logged, not raised."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, x=x, y=y)
-        os.replace(tmp, path)
     except OSError as err:
         logger.warning("Could not write dataset cache %s (%s)", path, err)
-    finally:
-        tmp.unlink(missing_ok=True)
