@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import numbers
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from tfrobust.checks import check_choice, check_flag, check_number
 from tfrobust.names import ATTACK_LOSSES, NORMS
 
 __all__ = [
@@ -46,46 +46,16 @@ CONFIG_DEFAULTS: dict[str, Any] = {"eps": 0.3, "steps": 10, "step_size": None, "
 """The fields of :class:`~tfrobust.attacks.AttackConfig` besides ``name``, with their defaults."""
 
 
-def _is_tensor(value) -> bool:
-    return hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, numbers.Number)
-
-
-def _number(name: str, value, *, integer: bool = False, minimum=0, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if _is_tensor(value):
-        return
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ValueError(f"{name}={value!r} must be " + ("a non-negative integer" if minimum == 0
-                                                              else f"an integer >= {minimum}"))
-        return
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
-        raise ValueError(f"{name}={value!r} must be a number")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be non-negative")
-
-
-def _flag(name: str, value, *, optional: bool = False) -> None:
-    if not (isinstance(value, bool) or (optional and value is None)):
-        raise ValueError(f"{name}={value!r} must be True or False" + (" or None" if optional else ""))
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {tuple(choices)}")
-
-
 _FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
-    "eps": lambda v: _number("eps", v),
-    "steps": lambda v: _number("steps", v, integer=True),
-    "step_size": lambda v: _number("step_size", v, optional=True),
-    "norm": lambda v: _choice("norm", v, NORMS),
-    "loss": lambda v: _choice("loss", v, ATTACK_LOSSES),
-    "random_start": lambda v: _flag("random_start", v, optional=True),
-    "targeted": lambda v: _flag("targeted", v),
-    "target_rank": lambda v: _number("target_rank", v, integer=True, minimum=2, optional=True),
-    "init_std": lambda v: _number("init_std", v),
+    "eps": lambda v: check_number("eps", v),
+    "steps": lambda v: check_number("steps", v, integer=True),
+    "step_size": lambda v: check_number("step_size", v, optional=True),
+    "norm": lambda v: check_choice("norm", v, NORMS),
+    "loss": lambda v: check_choice("loss", v, ATTACK_LOSSES),
+    "random_start": lambda v: check_flag("random_start", v, optional=True),
+    "targeted": lambda v: check_flag("targeted", v),
+    "target_rank": lambda v: check_number("target_rank", v, integer=True, minimum=2, optional=True),
+    "init_std": lambda v: check_number("init_std", v),
 }
 
 
@@ -421,13 +391,13 @@ def eval_spec(name: str) -> AttackSpec:
 
 def _budget_post_init(self) -> None:
     for knob in KNOBS:
-        _number(knob.name, getattr(self, knob.name), integer=True, minimum=1)
-    _choice("norm", self.norm, NORMS)
+        check_number(knob.name, getattr(self, knob.name), integer=True, minimum=1)
+    check_choice("norm", self.norm, NORMS)
     if isinstance(self.step_size, dict):
         for name, value in self.step_size.items():
-            _number(f"step_size[{name!r}]", value, optional=True)
+            check_number(f"step_size[{name!r}]", value, optional=True)
     else:
-        _number("step_size", self.step_size, optional=True)
+        check_number("step_size", self.step_size, optional=True)
 
 
 def _step_for(self, name: str) -> float | None:

@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.checks import check_choice, check_positive, check_positive_int  # noqa: F401  (re-exported)
+
 __all__ = [
     "scalar",
     "batches",
@@ -60,29 +62,6 @@ def progress(iterable, *, enabled: bool, total: int | None = None, desc: str = "
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
 
     return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
-def check_positive_int(name: str, value) -> int:
-    """Returns ``value`` if it is a positive integer, else raises ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return int(value)
-
-
-def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    """Returns ``value`` as float if it is a positive (or non-negative) number."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating)) or value != value:
-        raise ValueError(f"{name}={value!r} must be a number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}={value!r} must be {'non-negative' if allow_zero else 'positive'}")
-    return float(value)
-
-
-def check_choice(name: str, value, choices) -> str:
-    """Returns ``value`` if it is one of ``choices``, else raises ValueError naming it."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {tuple(choices)}")
-    return value
 
 
 @contextlib.contextmanager

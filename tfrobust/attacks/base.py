@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import tensorflow as tf
 
 from tfrobust import losses, norms
+from tfrobust.checks import check_number
 from tfrobust.utils import as_labels, check_range, scalar
 
 __all__ = [
@@ -23,20 +23,6 @@ __all__ = [
     "resolve_labels",
     "ranked_class",
 ]
-
-
-def check_number(name: str, value, *, positive: bool = False, integer: bool = False) -> None:
-    """Raises ValueError naming ``value`` unless it is a (non-negative, or positive) number; tensors pass."""
-    if isinstance(value, tf.Tensor):
-        return
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name}={value!r} must be a non-negative integer")
-        return
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
-        raise ValueError(f"{name}={value!r} must be a number")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name}={value!r} must be {'positive' if positive else 'non-negative'}")
 
 
 def scale_radius(eps: float, step_size: float, scale: float | tf.Tensor | None) -> tuple:
