@@ -165,6 +165,10 @@ def test_readme_headline_results_are_their_json():
     paper = PAPER_TABLE1["decision_jacobian"]
     cells = sum(curvature["attacks"][a][e] >= paper[a][e] for a in ATTACKS for e in EPS)
     assert f"{100 * curvature['clean_accuracy']:.2f}% clean, {cells} of Table 1's 9 cells at or above" in readme
+    smooth = json.loads((REPO / "training" / "results" / "smoothing" / "table.json").read_text())["mnist_smooth_050"]
+    certified = smooth["test"]["certified_accuracy"]
+    assert (f"{certified['0.75']:.1%} certified at L2 radius 0.75, {certified['1']:.1%} at 1.0 (CERTIFY, "
+            f"n = {smooth['n']:,}, first {smooth['test']['examples']:,} test images)") in readme
     art = load("autoattack_vs_art.json")
     assert (f"{art['tfrobust']['robust_accuracy']:.1%} robust accuracy for both, ours {art['speedup']:.2f}x faster "
             f"| {art['n']} images") in readme and art["art"]["robust_accuracy"] == art["tfrobust"]["robust_accuracy"]
