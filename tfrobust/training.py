@@ -366,6 +366,67 @@ def _load_split(config: dict, split: str, n: int | None):
     return data.load(config["dataset"], split, n, **(config.get("dataset_args") or {}))
 
 
+def _train_and_validation(config: dict) -> tuple[Any, Any, Any, Any]:
+    """``(x_train, y_train, x_val, y_val)``: the recipe's training split less its last ``validation_n``
+    examples (the validation set), cut to ``n_train`` when set."""
+    settings = config["train"]
+    x_train, y_train = _load_split(config, "train", None)
+    n_val = int(settings["validation_n"] or 0)
+    n_train = settings["n_train"]
+    if n_val >= len(x_train):
+        raise ValueError(f"validation_n={n_val} must be smaller than the training split ({len(x_train)})")
+    x_val, y_val = x_train[len(x_train) - n_val:], y_train[len(y_train) - n_val:]
+    x_train, y_train = x_train[:len(x_train) - n_val], y_train[:len(y_train) - n_val]
+    if n_train:
+        x_train, y_train = x_train[:int(n_train)], y_train[:int(n_train)]
+    return x_train, y_train, x_val, y_val
+
+
+def _new_model(config: dict, input_shape: tuple, steps_per_epoch: int) -> models.RobustModel:
+    """The recipe's compiled, freshly initialised (from its seed) ``RobustModel`` on ``input_shape``."""
+    settings = config["train"]
+    spec = dict(config["model"])
+    keras.utils.set_random_seed(int(settings["seed"]))  # same initial weights under any strategy
+    num_classes = ((config.get("dataset_args") or {}).get("num_classes")
+                   or data.dataset_info(config["dataset"])["num_classes"])
+    classifier = models.build_classifier(spec.pop("name"), input_shape, int(num_classes), **spec)
+    model = models.RobustModel(
+        classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
+        eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)),
+        penalty_warmup_steps=int(round(float(settings["penalty_warmup_epochs"]) * steps_per_epoch)))
+    model.compile(optimizer=_optimizer(settings, int(settings["epochs"]) * steps_per_epoch),
+                  metrics=["accuracy"])
+    return model
+
+
+def _callbacks(config: dict, out: Path, tb_dir: Path, model: keras.Model, x_val, y_val, history: dict,
+               epoch_seconds: list, *, chief: bool, monitoring: bool) -> list:
+    """The ``fit`` callbacks: the robustness monitor (when ``monitoring``), checkpoint and history,
+    TensorBoard, NaN termination and (``keep_best`` with ``monitoring``) the best checkpoint."""
+    callbacks = []
+    if monitoring:
+        monitor = config["monitor"]
+        # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:
+        # Keras calls callbacks in list order, and the ones below read the accuracies it logs.
+        callbacks.append(RobustnessMonitor(
+            x_val, y_val, {k: as_attack(v) for k, v in monitor["attacks"].items()},
+            log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
+            every_n_epochs=int(monitor.get("every_n_epochs", 1)),
+            batch_size=int(monitor.get("batch_size", 256)), clip=model.clip,
+            surface_eps=monitor.get("surface_eps")))
+    callbacks += [
+        CheckpointAndHistory(out, history, write=chief, epoch_seconds=epoch_seconds),
+        keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    keep_best = config.get("keep_best")
+    if keep_best and monitoring:  # only the chief writes, and only the monitor logs the key
+        earlier = [v for v in history.get(keep_best, []) if v == v]  # a resumed run's values, no NaN
+        callbacks.append(AtomicBestCheckpoint(out / "best.keras", keep_best,
+                                              initial_value_threshold=max(earlier) if earlier else None))
+    return callbacks
+
+
 def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None = None,
           strategy: str = "none", verbose: int | str = "auto") -> keras.Model:
     """Trains one recipe, resuming from ``out_dir/checkpoints`` when present.
@@ -391,15 +452,8 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
     chief = is_chief()
     keras.utils.set_random_seed(int(settings["seed"]))
 
-    x_train, y_train = _load_split(config, "train", None)
+    x_train, y_train, x_val, y_val = _train_and_validation(config)
     n_val = int(settings["validation_n"] or 0)
-    n_train = settings["n_train"]
-    if n_val >= len(x_train):
-        raise ValueError(f"validation_n={n_val} must be smaller than the training split ({len(x_train)})")
-    x_val, y_val = x_train[len(x_train) - n_val:], y_train[len(y_train) - n_val:]
-    x_train, y_train = x_train[:len(x_train) - n_val], y_train[:len(y_train) - n_val]
-    if n_train:
-        x_train, y_train = x_train[:int(n_train)], y_train[:int(n_train)]
 
     batch = int(settings["batch_size"])
     steps_per_epoch = -(-len(x_train) // batch)
@@ -418,46 +472,16 @@ def train(config: dict | str, out_dir: str | os.PathLike, *, epochs: int | None 
             epoch_seconds = state.get("epoch_seconds", [])
             print(f"resuming {config['name']} from epoch {initial_epoch} ({ckpt})", file=sys.stderr)
         else:
-            spec = dict(config["model"])
-            keras.utils.set_random_seed(int(settings["seed"]))  # same initial weights under any strategy
-            num_classes = ((config.get("dataset_args") or {}).get("num_classes")
-                           or data.dataset_info(config["dataset"])["num_classes"])
-            classifier = models.build_classifier(spec.pop("name"), x_train.shape[1:],
-                                                 int(num_classes), **spec)
-            model = models.RobustModel(
-                classifier, build_objective(config["objective"]), clip=tuple(config.get("clip", (0.0, 1.0))),
-                eps_warmup_steps=int(round(float(settings["eps_warmup_epochs"]) * steps_per_epoch)),
-                penalty_warmup_steps=int(round(float(settings["penalty_warmup_epochs"]) * steps_per_epoch)))
-            model.compile(optimizer=_optimizer(settings, int(settings["epochs"]) * steps_per_epoch),
-                          metrics=["accuracy"])
+            model = _new_model(config, x_train.shape[1:], steps_per_epoch)
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     train_ds = epoch_batches(x_train, y_train, batch, seed=int(settings["seed"]),
                              first_epoch=initial_epoch, epochs=int(settings["epochs"]))
     val_ds = data.make_dataset(x_val, y_val, batch) if n_val else None
     tb_dir = out / "tensorboard" if chief else Path(tempfile.mkdtemp(prefix="tfrobust_tb_"))
-    callbacks = []
-    monitor = config.get("monitor") or {}
-    monitoring = bool(monitor and chief and n_val)
-    if monitoring:
-        # Robust accuracy, margin and gradient-norm histograms on a fixed validation subset. First:
-        # Keras calls callbacks in list order, and the ones below read the accuracies it logs.
-        callbacks.append(RobustnessMonitor(
-            x_val, y_val, {k: as_attack(v) for k, v in monitor["attacks"].items()},
-            log_dir=str(tb_dir / "robustness"), n=int(monitor.get("n", 500)),
-            every_n_epochs=int(monitor.get("every_n_epochs", 1)),
-            batch_size=int(monitor.get("batch_size", 256)), clip=model.clip,
-            surface_eps=monitor.get("surface_eps")))
-    callbacks += [
-        CheckpointAndHistory(out, history, write=chief, epoch_seconds=epoch_seconds),
-        keras.callbacks.TensorBoard(log_dir=str(tb_dir)),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    keep_best = config.get("keep_best")
-    if keep_best and monitoring:  # only the chief writes, and only the monitor logs the key
-        earlier = [v for v in history.get(keep_best, []) if v == v]  # a resumed run's values, no NaN
-        callbacks.append(AtomicBestCheckpoint(out / "best.keras", keep_best,
-                                              initial_value_threshold=max(earlier) if earlier else None))
+    monitoring = bool(config.get("monitor") and chief and n_val)
+    callbacks = _callbacks(config, out, tb_dir, model, x_val, y_val, history, epoch_seconds, chief=chief,
+                           monitoring=monitoring)
     if initial_epoch < settings["epochs"]:
         model.fit(train_ds, validation_data=val_ds, epochs=int(settings["epochs"]),
                   steps_per_epoch=steps_per_epoch,

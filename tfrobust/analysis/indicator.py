@@ -199,6 +199,42 @@ def _second_order(model, x, y, of, method, k, top_k, iters, eigen_threshold, rel
     return spec.top, (share if share is not None else tf.zeros([0], x.dtype))
 
 
+def _checked_settings(batch_size: int, jacobian_threshold: float, eigen_threshold: float, method: str, k: int,
+                      top_k: int, hessian_of: Sequence[str]) -> tuple[int, int, int, tuple[str, ...]]:
+    """``batch_size``, ``k``, ``top_k`` and ``hessian_of`` (a tuple) of :func:`robustness_indicator`, checked
+    with the thresholds and ``method``; a ``ValueError`` names the first bad one."""
+    batch_size = utils.check_positive_int("batch_size", batch_size)
+    utils.check_positive("jacobian_threshold", jacobian_threshold, allow_zero=True)
+    utils.check_positive("eigen_threshold", eigen_threshold, allow_zero=True)
+    utils.check_choice("method", method, HESSIAN_METHODS)
+    k = utils.check_positive_int("k", k)
+    top_k = utils.check_positive_int("top_k", top_k)
+    hessian_of = tuple(hessian_of)
+    for of in hessian_of:
+        utils.check_choice("hessian_of", of, HESSIAN_OF)
+    return batch_size, k, top_k, hessian_of
+
+
+def _float_inputs(x) -> tf.Tensor:
+    """``x`` as a floating tensor (float32 if it was not floating); refuses one with no examples."""
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    if int(x.shape[0]) == 0:
+        raise ValueError("x has no examples")
+    return x
+
+
+def _joined_hessians(hess_parts: dict, method: str) -> dict:
+    """Per Hessian: the batches' top eigenvalues and (Lanczos only, else ``None``) near-zero shares, joined."""
+    hessian = {}
+    for of, batches in hess_parts.items():
+        top = np.concatenate([p[0].numpy() for p in batches])
+        share = np.concatenate([p[1].numpy() for p in batches]) if method == "lanczos" else None
+        hessian[of] = {"top": top, "near_zero_share": share}
+    return hessian
+
+
 def robustness_indicator(
     model,
     x,
@@ -243,22 +279,11 @@ def robustness_indicator(
         ValueError: naming a bad argument.
     """
     start = time.perf_counter()
-    batch_size = utils.check_positive_int("batch_size", batch_size)
-    utils.check_positive("jacobian_threshold", jacobian_threshold, allow_zero=True)
-    utils.check_positive("eigen_threshold", eigen_threshold, allow_zero=True)
-    utils.check_choice("method", method, HESSIAN_METHODS)
-    k = utils.check_positive_int("k", k)
-    top_k = utils.check_positive_int("top_k", top_k)
-    hessian_of = tuple(hessian_of)
-    for of in hessian_of:
-        utils.check_choice("hessian_of", of, HESSIAN_OF)
+    batch_size, k, top_k, hessian_of = _checked_settings(batch_size, jacobian_threshold, eigen_threshold, method,
+                                                         k, top_k, hessian_of)
     model = unwrap(model)
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
+    x = _float_inputs(x)
     n = int(x.shape[0])
-    if n == 0:
-        raise ValueError("x has no examples")
     y = resolve_labels(model, x, y, targeted=False)
 
     parts: list = []
@@ -273,11 +298,7 @@ def robustness_indicator(
 
     margin = np.concatenate([p[0].numpy() for p in parts])
     jac = {name: np.concatenate([p[2][name].numpy() for p in parts]) for name in parts[0][2]}
-    hessian = {}
-    for of in hessian_of:
-        top = np.concatenate([p[0].numpy() for p in hess_parts[of]])
-        share = np.concatenate([p[1].numpy() for p in hess_parts[of]]) if method == "lanczos" else None
-        hessian[of] = {"top": top, "near_zero_share": share}
+    hessian = _joined_hessians(hess_parts, method)
     settings = {"batch_size": batch_size, "jacobian_threshold": jacobian_threshold,
                 "eigen_threshold": eigen_threshold, "relative_thresholds": relative,
                 "hessian_of": list(hessian_of), "method": method, "lanczos_steps": k, "top_k": top_k,

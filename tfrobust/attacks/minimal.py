@@ -93,6 +93,58 @@ def _bounds(x_flat: tf.Tensor, clip):
     return tf.cast(clip[0], x_flat.dtype) - x_flat, tf.cast(clip[1], x_flat.dtype) - x_flat
 
 
+def _check_fab_settings(steps: int, eta: float, beta: float, alpha_max: float) -> None:
+    """Raises ValueError naming the first bad FAB setting."""
+    check_static_int("steps", steps)
+    for name, value in (("eta", eta), ("beta", beta)):
+        check_number(name, value, positive=True)
+    check_fraction("alpha_max", alpha_max)
+    check_fraction("beta", beta)
+
+
+def _fab_linearise(model: Callable, z: tf.Tensor, shape: tf.Tensor, labels: tf.Tensor, target: tf.Tensor | None,
+                   num_classes: int | None, norm: str, training: bool,
+                   dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+    """``f_j - f_y`` at the flat points ``z`` (of image ``shape``) and its flat gradient, for the class
+    ``j`` whose linearised boundary is nearest in the ``norm`` (or the ``target``), as ``dtype``."""
+    zi = tf.reshape(z, shape)
+    if target is not None:
+        with tf.GradientTape() as tape:
+            tape.watch(zi)
+            logits = losses.logits_of(model, zi, training)
+            f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+        return tf.cast(f, dtype), _flat(tape.gradient(f, zi))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(zi)
+        logits = losses.logits_of(model, zi, training)
+        columns = tf.unstack(logits, num=num_classes, axis=1)
+    # One gradient per class (not batch_jacobian: its pfor retraces on every eager call).
+    jac = tf.stack([_flat(tape.gradient(c, zi)) for c in columns], 1)
+    del tape
+    diff_f = logits - tf.gather(logits, labels, batch_dims=1)[:, None]
+    diff_w = jac - tf.gather(jac, labels, batch_dims=1)[:, None, :]
+    dist = tf.abs(diff_f) / tf.maximum(_dual_rows(diff_w, norm), _TINY)
+    dist = tf.where(tf.one_hot(labels, tf.shape(logits)[1]) > 0, tf.cast(math.inf, dist.dtype), dist)
+    j = tf.argmin(dist, -1, output_type=tf.int32)
+    return tf.cast(tf.gather(diff_f, j, batch_dims=1), dtype), tf.gather(diff_w, j, batch_dims=1)
+
+
+def _fab_move(z: tf.Tensor, x0: tf.Tensor, f: tf.Tensor, w: tf.Tensor, bounds0: tuple, clip, norm: str,
+              eta: tf.Tensor, alpha_max: tf.Tensor) -> tf.Tensor:
+    """One FAB step from the flat points ``z``: the mix of the projections of ``z`` and of the
+    original ``x0`` onto the plane ``f + w.(. - z) = 0`` (inside the clip box; ``bounds0`` is the box
+    around ``x0``), extrapolated by ``eta``, weighted towards ``x0`` by at most ``alpha_max``, clipped."""
+    low0, high0 = bounds0
+    low, high = _bounds(z, clip)
+    d_cur = project_onto_hyperplane(w, -f, low, high, norm)
+    d_orig = project_onto_hyperplane(w, -(f + tf.reduce_sum(w * (x0 - z), -1)), low0, high0, norm)
+    n_cur = norms.per_example_norm(d_cur, norm)
+    n_orig = norms.per_example_norm(d_orig, norm)
+    alpha = tf.minimum(n_cur / tf.maximum(n_cur + n_orig, _TINY), alpha_max)[:, None]
+    z_new = (1.0 - alpha) * (z + eta * d_cur) + alpha * (x0 + eta * d_orig)
+    return clip_to_range(z_new, clip)
+
+
 def fab(
     model: Callable,
     x,
@@ -142,11 +194,7 @@ def fab(
     Raises:
         ValueError: naming a bad argument.
     """
-    check_static_int("steps", steps)
-    for name, value in (("eta", eta), ("beta", beta)):
-        check_number(name, value, positive=True)
-    check_fraction("alpha_max", alpha_max)
-    check_fraction("beta", beta)
+    _check_fab_settings(steps, eta, beta, alpha_max)
     x = prepare_inputs(model, x, clip=clip, norm=norm)
     dtype = x.dtype
     labels = resolve_labels(model, x, y, targeted=False, training=training)
@@ -161,27 +209,7 @@ def fab(
         raise ValueError("untargeted fab needs a model with a static number of classes")
 
     def linearise(z):
-        """``f_j - f_y`` at ``z`` and its gradient, for the class whose plane is nearest (or the target)."""
-        zi = tf.reshape(z, shape)
-        if target is not None:
-            with tf.GradientTape() as tape:
-                tape.watch(zi)
-                logits = losses.logits_of(model, zi, training)
-                f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
-            return tf.cast(f, dtype), _flat(tape.gradient(f, zi))
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(zi)
-            logits = losses.logits_of(model, zi, training)
-            columns = tf.unstack(logits, num=num_classes, axis=1)
-        # One gradient per class (not batch_jacobian: its pfor retraces on every eager call).
-        jac = tf.stack([_flat(tape.gradient(c, zi)) for c in columns], 1)
-        del tape
-        diff_f = logits - tf.gather(logits, labels, batch_dims=1)[:, None]
-        diff_w = jac - tf.gather(jac, labels, batch_dims=1)[:, None, :]
-        dist = tf.abs(diff_f) / tf.maximum(_dual_rows(diff_w, norm), _TINY)
-        dist = tf.where(tf.one_hot(labels, tf.shape(logits)[1]) > 0, tf.cast(math.inf, dist.dtype), dist)
-        j = tf.argmin(dist, -1, output_type=tf.int32)
-        return tf.cast(tf.gather(diff_f, j, batch_dims=1), dtype), tf.gather(diff_w, j, batch_dims=1)
+        return _fab_linearise(model, z, shape, labels, target, num_classes, norm, training, dtype)
 
     def fooled(z):
         pred = tf.argmax(losses.logits_of(model, tf.reshape(z, shape), training), -1, output_type=tf.int32)
@@ -195,14 +223,7 @@ def fab(
 
     def body(i, z, best_x, best_d):
         f, w = linearise(z)
-        low, high = _bounds(z, clip)
-        d_cur = project_onto_hyperplane(w, -f, low, high, norm)
-        d_orig = project_onto_hyperplane(w, -(f + tf.reduce_sum(w * (x0 - z), -1)), low0, high0, norm)
-        n_cur = norms.per_example_norm(d_cur, norm)
-        n_orig = norms.per_example_norm(d_orig, norm)
-        alpha = tf.minimum(n_cur / tf.maximum(n_cur + n_orig, _TINY), alpha_t)[:, None]
-        z_new = (1.0 - alpha) * (z + eta_t * d_cur) + alpha * (x0 + eta_t * d_orig)
-        z_new = clip_to_range(z_new, clip)
+        z_new = _fab_move(z, x0, f, w, (low0, high0), clip, norm, eta_t, alpha_t)
         adv = fooled(z_new)
         dist = norms.per_example_norm(z_new - x0, norm)
         better = tf.logical_and(adv, dist < best_d)

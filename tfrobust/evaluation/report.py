@@ -223,16 +223,8 @@ def evaluate_model(
     norm = budget.norm
     _check_curve_and_certify(curve, certify, norm)
     check_norm_support(order, norm, attacks)
-    shard = shard_of(cluster if cluster is not None else getattr(strategy, "cluster_resolver", None))
-    if shard.workers > 1 and resume is None:
-        raise ValueError(f"an evaluation over {shard.workers} workers needs resume=DIR, a directory "
-                         "every worker can read and write")
-    x, y = as_arrays(x, y)
-    if y is None:
-        raise ValueError("evaluate_model needs labels: pass y, or a tf.data.Dataset of (x, y)")
-    if len(x) == 0:
-        raise ValueError("evaluate_model got no examples")
-    check_range(x, clip)
+    shard = _shard(strategy, cluster, resume)
+    x, y = _labelled_examples(x, y, clip)
     clf = unwrap(model)
     losses.check_logits(clf, name="model")
     reseed(seed)
@@ -240,75 +232,142 @@ def evaluate_model(
     x = x.astype(np.float32, copy=False)
     y = y.astype(np.int64, copy=False)
     n = len(x)
-    num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
-    _check_classes(order, curve, num_classes)
-    budget = budget.capped(num_classes)
+    budget = _capped_budget(clf, x, order, curve, budget)
     plan = _Plan(order, stages, eps_list, budget, int(batch_size), tuple(clip), certify, curve)
     local = _local_strategy(strategy, shard)
-    store = ChunkStore(resume, {} if resume is None else fingerprint(
-        {"plan": dataclasses.asdict(plan), "seed": int(seed), "n": n}, x, y, clf.get_weights()))
-
-    m = min(n, SEED_SUBSET)
-    randomised = attacks_where(order, "randomised")
-    reruns = len([a for a in order if a in randomised or (a in stages and set(stages) & set(randomised))])
-    total = ((len(order) * len(eps_list) + (curve is not None)) * n
-             + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0))
-    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not (progress and shard.chief),
-               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    store = _chunk_store(resume, plan, seed, x, y, clf)
+    bar = _progress_bar(_progress_total(plan, n, sanity), enabled=progress and shard.chief)
     chunks = _run_chunks(clf, x, y, seed, plan, store, shard, local, bar)
     if chunks is None:
         bar.close()
         return None
     arrays = merge_chunks(chunks)
-    clean_correct = arrays["clean"]
-    result = {**(meta or {}), "n": int(n), "seed": int(seed),
-              "clean_accuracy": float(clean_correct.mean()), "attacks": {}, "worst_case": {},
-              "settings": {}}
-    runs = {name: {key: (arrays[f"attacked|{name}|{key}"], arrays[f"robust|{name}|{key}"])
-                   for key, _ in eps_list} for name in order}
-    robust_all = {key: clean_correct.copy() for key, _ in eps_list}
-    for name in order:
-        result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
-        for key, _ in eps_list:
-            robust_all[key] &= runs[name][key][1]
-        result["settings"][name] = attack_settings(name, budget, clip=clip, stages=stages)
-    result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
-    if certify is not None:
-        verified = {key: arrays[f"verified|{key}"] for key, _ in eps_list}
-        result["verified"] = {key: float(v.mean()) for key, v in verified.items()}
-        result["settings"]["certify"] = {"method": certify, "norm": "linf", "clip": [float(c) for c in clip]}
-
+    result = {**(meta or {}), "n": int(n), "seed": int(seed)}
+    runs, robust_all, verified = _add_accuracies(result, arrays, plan, clip)
     if sanity:
-        gain = black_box_gain(runs, order, eps_list) if "square" in order else None
-        seeds = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, stages, eps_list,
-                          plan.make_config, robust_all, runs, seed=seed, steps=budget.steps, norm=norm,
-                          batch_size=batch_size, clip=clip, bar=bar, strategy=local)
-        m_unb = min(n, 500)
-        width = float(clip[1] - clip[0])
-        unbounded = AttackConfig(name="pgd", eps=width, steps=max(budget.steps, 20), step_size=width / 10,
-                                 norm="linf", loss="cw")
-        bar.set_postfix_str("sanity: unbounded pgd")
-        unbounded_acc = float(correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
-                                            bar, draws=Draws.of(seed, m_unb),
-                                            use=("sanity-unbounded",), strategy=local).mean())
-        stats = gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
-        bar.update(m_unb)
-        result["sanity"] = sanity_checks(result, dict(eps_list), grad_stats=stats,
-                                         unbounded_accuracy=unbounded_acc,
-                                         num_classes=int(stats["logits"].shape[-1]),
-                                         black_box_gain=gain, seed_check=seeds)
-        if certify is not None:
-            result["sanity"]["checks"].append(soundness_check(verified, robust_all))
-            result["sanity"]["passed"] = all(c["passed"] for c in result["sanity"]["checks"])
+        _add_sanity(result, clf, x, y, arrays["clean"], plan, runs, robust_all, verified, norm=norm, seed=seed,
+                    batch_size=batch_size, clip=clip, bar=bar, strategy=local)
     bar.close()
     if curve is not None:
         result["curve"] = curve_report(arrays["distances"], curve, result["worst_case"], dict(eps_list),
                                        clip=clip)
-    result["distribution"] = {"workers": shard.workers,
-                              "replicas": 1 if local is None else int(local.num_replicas_in_sync),
-                              "chunk_size": int(batch_size)}
+    result["distribution"] = _distribution(shard, local, batch_size)
     result["seconds"] = round(time.time() - start, 2)
     return result
+
+
+def _distribution(shard: Shard, local: tf.distribute.Strategy | None, batch_size: int) -> dict:
+    """The report's ``distribution``: workers, replicas per worker and chunk size."""
+    return {"workers": shard.workers, "replicas": 1 if local is None else int(local.num_replicas_in_sync),
+            "chunk_size": int(batch_size)}
+
+
+def _shard(strategy: tf.distribute.Strategy | None, cluster, resume) -> Shard:
+    """This worker's shard of the cluster (``cluster``, else the strategy's); refuses more than one
+    worker without a ``resume`` directory."""
+    shard = shard_of(cluster if cluster is not None else getattr(strategy, "cluster_resolver", None))
+    if shard.workers > 1 and resume is None:
+        raise ValueError(f"an evaluation over {shard.workers} workers needs resume=DIR, a directory "
+                         "every worker can read and write")
+    return shard
+
+
+def _capped_budget(clf, x: np.ndarray, order: Sequence[str], curve: str | None, budget: Budget) -> Budget:
+    """``budget`` with its target counts capped at the classes of ``clf`` (counted by one call), after
+    checking that every attack (and the curve) has the classes it needs."""
+    num_classes = int(clf(tf.constant(x[:1]), training=False).shape[-1])
+    _check_classes(order, curve, num_classes)
+    return budget.capped(num_classes)
+
+
+def _labelled_examples(x, y, clip: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` as arrays (``x`` may be a dataset of batches), refusing no labels, no examples and
+    inputs outside ``clip``."""
+    x, y = as_arrays(x, y)
+    if y is None:
+        raise ValueError("evaluate_model needs labels: pass y, or a tf.data.Dataset of (x, y)")
+    if len(x) == 0:
+        raise ValueError("evaluate_model got no examples")
+    check_range(x, clip)
+    return x, y
+
+
+def _chunk_store(resume, plan: _Plan, seed: int, x: np.ndarray, y: np.ndarray, clf) -> ChunkStore:
+    """The store of finished chunks in ``resume`` (none when ``None``), keyed by the fingerprint of
+    the plan, seed, examples and weights."""
+    return ChunkStore(resume, {} if resume is None else fingerprint(
+        {"plan": dataclasses.asdict(plan), "seed": int(seed), "n": len(x)}, x, y, clf.get_weights()))
+
+
+def _progress_bar(total: int, *, enabled: bool):
+    """The evaluation's progress bar on stderr (updated every 30 s when stderr is not a terminal)."""
+    return tqdm(total=total, desc="evaluate", unit="img", disable=not enabled,
+                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+def _progress_total(plan: _Plan, n: int, sanity: bool) -> int:
+    """The progress bar's length: one step per example per attack and eps (and for the curve), plus
+    the sanity checks' unbounded PGD, gradient statistics and reruns of the randomised attacks."""
+    m = min(n, SEED_SUBSET)
+    randomised = attacks_where(plan.order, "randomised")
+    reruns = len([a for a in plan.order
+                  if a in randomised or (a in plan.stages and set(plan.stages) & set(randomised))])
+    return ((len(plan.order) * len(plan.eps_list) + (plan.curve is not None)) * n
+            + (2 * min(n, 500) + m * (reruns or 2) if sanity else 0))
+
+
+def _add_accuracies(result: dict, arrays: dict, plan: _Plan,
+                    clip: tuple[float, float]) -> tuple[dict, dict, dict | None]:
+    """Adds the clean accuracy, every attack's robust accuracy and settings, the worst case and
+    (``certify``) the verified accuracy to ``result``; returns the per-attack ``runs`` masks, the
+    worst-case robust masks and the verified masks (``None`` without ``certify``)."""
+    eps_list = plan.eps_list
+    result.update({"clean_accuracy": float(arrays["clean"].mean()), "attacks": {}, "worst_case": {}, "settings": {}})
+    runs = {name: {key: (arrays[f"attacked|{name}|{key}"], arrays[f"robust|{name}|{key}"])
+                   for key, _ in eps_list} for name in plan.order}
+    robust_all = {key: arrays["clean"].copy() for key, _ in eps_list}
+    for name in plan.order:
+        result["attacks"][name] = {key: float(runs[name][key][1].mean()) for key, _ in eps_list}
+        for key, _ in eps_list:
+            robust_all[key] &= runs[name][key][1]
+        result["settings"][name] = attack_settings(name, plan.budget, clip=clip, stages=plan.stages)
+    result["worst_case"] = {key: float(v.mean()) for key, v in robust_all.items()}
+    verified = None
+    if plan.certify is not None:
+        verified = {key: arrays[f"verified|{key}"] for key, _ in eps_list}
+        result["verified"] = {key: float(v.mean()) for key, v in verified.items()}
+        result["settings"]["certify"] = {"method": plan.certify, "norm": "linf", "clip": [float(c) for c in clip]}
+    return runs, robust_all, verified
+
+
+def _add_sanity(result: dict, clf, x: np.ndarray, y: np.ndarray, clean_correct: np.ndarray, plan: _Plan, runs: dict,
+                robust_all: dict, verified: dict | None, *, norm: str, seed: int, batch_size: int,
+                clip: tuple[float, float], bar, strategy) -> None:
+    """Adds ``result["sanity"]``: the gradient-masking checks (black-box gain, seed check, unbounded
+    PGD, gradient statistics) and, with ``verified`` masks, the soundness check."""
+    n, order, eps_list, budget = len(x), plan.order, plan.eps_list, plan.budget
+    m = min(n, SEED_SUBSET)
+    gain = black_box_gain(runs, order, eps_list) if "square" in order else None
+    seeds = seed_check(clf, x[:m], y[:m], clean_correct[:m], order, plan.stages, eps_list,
+                       plan.make_config, robust_all, runs, seed=seed, steps=budget.steps, norm=norm,
+                       batch_size=batch_size, clip=clip, bar=bar, strategy=strategy)
+    m_unb = min(n, 500)
+    width = float(clip[1] - clip[0])
+    unbounded = AttackConfig(name="pgd", eps=width, steps=max(budget.steps, 20), step_size=width / 10,
+                             norm="linf", loss="cw")
+    bar.set_postfix_str("sanity: unbounded pgd")
+    unbounded_acc = float(correct_under(clf, unbounded, x[:m_unb], y[:m_unb], batch_size, clip,
+                                        bar, draws=Draws.of(seed, m_unb),
+                                        use=("sanity-unbounded",), strategy=strategy).mean())
+    stats = gradient_stats(clf, x[:m_unb], y[:m_unb], batch_size)
+    bar.update(m_unb)
+    result["sanity"] = sanity_checks(result, dict(eps_list), grad_stats=stats,
+                                     unbounded_accuracy=unbounded_acc,
+                                     num_classes=int(stats["logits"].shape[-1]),
+                                     black_box_gain=gain, seed_check=seeds)
+    if verified is not None:
+        result["sanity"]["checks"].append(soundness_check(verified, robust_all))
+        result["sanity"]["passed"] = all(c["passed"] for c in result["sanity"]["checks"])
 
 
 def _check_curve_and_certify(curve: str | None, certify: str | None, norm: str) -> None:

@@ -242,23 +242,10 @@ def _add_status_routes(app, core: ServingCore) -> None:
         return _json_response(metadata_body(name, parse_version(version)))
 
 
-def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None = None):
-    """Builds the ASGI application (FastAPI) serving ``registry``.
-
-    Args:
-        registry: the served models.
-        config: server settings.
-        core: the model calls to share with another front-end (gRPC); by default the
-            app makes its own and closes it when it shuts down. One passed in is left
-            open for its owner to close.
-
-    Returns:
-        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.core`` and
-        ``.state.batchers``).
-    """
-    from fastapi import FastAPI, Request
-    from fastapi.openapi.utils import get_openapi
-    from starlette.concurrency import run_in_threadpool
+def _new_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None):
+    """The FastAPI app with its title, lifespan and state: ``core``, or a new one that the
+    lifespan closes at shutdown (made after FastAPI is imported, so a missing FastAPI leaks none)."""
+    from fastapi import FastAPI
 
     import tfrobust
 
@@ -282,9 +269,14 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
     app.state.core = core
     app.state.batchers = core.batchers
     app.state.executor = core.executor
-    _add_error_handlers(app)
+    return app
 
-    _add_status_routes(app, core)
+
+def _add_predict_routes(app, core: ServingCore, config: ServerConfig) -> None:
+    """The POST ``:predict`` routes, of the newest version or of one."""
+    from fastapi import Request
+    from starlette.concurrency import run_in_threadpool
+
     NAME, VERSION = _path_params()
 
     async def predict(request: Request, name: str, version: int | None):
@@ -314,13 +306,23 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
     async def model_version_predict(request: Request, name: str = NAME, version: str = VERSION):
         return await predict(request, name, parse_version(version))
 
+
+def _set_openapi(app) -> None:
+    """Replaces ``app.openapi`` by one whose schema lacks FastAPI's validation errors (built once)."""
+    from fastapi.openapi.utils import get_openapi
+
     def openapi() -> dict:
         if app.openapi_schema is None:
             app.openapi_schema = _without_validation_errors(get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes))
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]  # how FastAPI documents extending the schema
+    app.openapi = openapi  # how FastAPI documents extending the schema
+
+
+def _add_other_method_route(app) -> None:
+    """The undocumented catch-all POST route: ``:classify``/``:regress`` as 400, other methods as 404."""
+    from fastapi import Request
 
     @app.post("/v1/models/{name}:{method}", include_in_schema=False)
     @app.post("/v1/models/{name}/versions/{version}:{method}", include_in_schema=False)
@@ -330,4 +332,26 @@ def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore 
                        "use :predict")
         raise ServingError(404, f"Malformed request: POST {request.url.path}")
 
+
+def create_app(registry: ModelRegistry, config: ServerConfig, core: ServingCore | None = None):
+    """Builds the ASGI application (FastAPI) serving ``registry``.
+
+    Args:
+        registry: the served models.
+        config: server settings.
+        core: the model calls to share with another front-end (gRPC); by default the
+            app makes its own and closes it when it shuts down. One passed in is left
+            open for its owner to close.
+
+    Returns:
+        An ASGI callable; its FastAPI app is at ``.app`` (with ``.state.core`` and
+        ``.state.batchers``).
+    """
+    app = _new_app(registry, config, core)
+    core = app.state.core
+    _add_error_handlers(app)
+    _add_status_routes(app, core)
+    _add_predict_routes(app, core, config)
+    _set_openapi(app)
+    _add_other_method_route(app)
     return _BodyLimit(app, config.max_body_bytes)

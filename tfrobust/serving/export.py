@@ -139,6 +139,66 @@ def _metadata(model: keras.Model, input_shape: Sequence[int], num_classes: int, 
     return meta
 
 
+def _checked_calibration(calibration: dict | None, norm: str) -> tuple[float | None, str]:
+    """The radius ``factor`` and ``statistic`` of ``calibration`` (``None`` and ``"effective_margin"``
+    without one), refusing a bad factor or statistic or a norm other than ``norm``."""
+    factor, statistic = None, "effective_margin"
+    if calibration is not None:
+        factor = calibration.get("factor") if isinstance(calibration, dict) else None
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) \
+                or factor <= 0:
+            raise ValueError(f"calibration factor={factor!r} must be a positive finite number "
+                             "(use calibrate_radius)")
+        statistic = calibration.get("statistic", "effective_margin")
+        if statistic not in RADIUS_STATISTICS:
+            raise ValueError(f"calibration statistic={statistic!r} must be one of {RADIUS_STATISTICS}")
+        if calibration.get("norm", norm) != norm:
+            raise ValueError(f"calibration norm={calibration.get('norm')!r} differs from norm={norm!r}")
+    return factor, statistic
+
+
+def _check_version(version: int | None) -> None:
+    """Refuses a ``version`` that is neither ``None`` nor a non-negative integer."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or version < 0):
+        raise ValueError(f"version={version!r} must be a non-negative integer")
+
+
+def _checked_shape(model: keras.Model, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``input_shape`` as a tuple (inferred from ``model`` when ``None``), refusing non-positive sizes."""
+    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+        raise ValueError(f"input_shape={shape!r} must be positive integers, e.g. (28, 28, 1)")
+    return shape
+
+
+def _num_classes(model: keras.Model, shape: tuple[int, ...]) -> int:
+    """The number of classes of ``model``, from one call on zeros; refuses non-logit outputs and one class."""
+    probe = model(tf.zeros([1, *shape], tf.float32), training=False)
+    if probe.shape.rank != 2:
+        raise ValueError(f"the model must return logits [batch, classes]; got shape {probe.shape}")
+    num_classes = int(probe.shape[-1])
+    if num_classes < 2:
+        raise ValueError("the model must have at least 2 classes (top-2 margin)")
+    return num_classes
+
+
+def _archive(model: keras.Model, spec: tf.TensorSpec, norm: str, factor: float | None, statistic: str,
+             certify: dict | None, smoothing: dict | None, num_classes: int) -> keras.export.ExportArchive:
+    """The export archive tracking ``model``, with its ``serving_default``, ``robustness`` and (with
+    ``smoothing``) ``smoothed`` endpoints."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
+    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic,
+                                                                        certify),
+                         [spec])
+    if smoothing is not None:
+        archive.add_endpoint("smoothed", lambda inputs: smoothed_outputs(model, inputs, smoothing, num_classes),
+                             [spec])
+    return archive
+
+
 def export_saved_model(
     model: keras.Model,
     base_path: str | os.PathLike,
@@ -177,18 +237,7 @@ def export_saved_model(
     """
     norms.validate_norm(norm)
     losses.check_logits(model, name=f"model {getattr(model, 'name', '')!r}")
-    factor, statistic = None, "effective_margin"
-    if calibration is not None:
-        factor = calibration.get("factor") if isinstance(calibration, dict) else None
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) \
-                or factor <= 0:
-            raise ValueError(f"calibration factor={factor!r} must be a positive finite number "
-                             "(use calibrate_radius)")
-        statistic = calibration.get("statistic", "effective_margin")
-        if statistic not in RADIUS_STATISTICS:
-            raise ValueError(f"calibration statistic={statistic!r} must be one of {RADIUS_STATISTICS}")
-        if calibration.get("norm", norm) != norm:
-            raise ValueError(f"calibration norm={calibration.get('norm')!r} differs from norm={norm!r}")
+    factor, statistic = _checked_calibration(calibration, norm)
     if certify is not None:
         certify = certify_settings(certify["method"], certify.get("clip", (0.0, 1.0)),
                                    certify.get("tolerance", 1.0 / 512), certify.get("max_eps"))
@@ -196,32 +245,13 @@ def export_saved_model(
     if smoothing is not None:
         smoothing = smoothing_settings(**{k: smoothing[k] for k in ("sigma", "n", "alpha", "n0", "batch_size",
                                                                      "seed") if k in smoothing})
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                or version < 0):
-        raise ValueError(f"version={version!r} must be a non-negative integer")
-    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
-        raise ValueError(f"input_shape={shape!r} must be positive integers, e.g. (28, 28, 1)")
-
+    _check_version(version)
+    shape = _checked_shape(model, input_shape)
     spec = tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)
-    probe = model(tf.zeros([1, *shape], tf.float32), training=False)
-    if probe.shape.rank != 2:
-        raise ValueError(f"the model must return logits [batch, classes]; got shape {probe.shape}")
-    num_classes = int(probe.shape[-1])
-    if num_classes < 2:
-        raise ValueError("the model must have at least 2 classes (top-2 margin)")
+    num_classes = _num_classes(model, shape)
 
     version = claim_version(base_path, version)
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", lambda inputs: serving_outputs(model, inputs), [spec])
-    archive.add_endpoint("robustness", lambda inputs: robustness_outputs(model, inputs, norm, factor, statistic,
-                                                                        certify),
-                         [spec])
-    if smoothing is not None:
-        archive.add_endpoint("smoothed", lambda inputs: smoothed_outputs(model, inputs, smoothing, num_classes),
-                             [spec])
+    archive = _archive(model, spec, norm, factor, statistic, certify, smoothing, num_classes)
 
     def write(folder: Path) -> None:
         archive.write_out(str(folder), verbose=False)
