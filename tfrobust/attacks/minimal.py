@@ -27,7 +27,6 @@ from tfrobust.attacks.base import (
 
 __all__ = ["project_onto_hyperplane", "fab", "fmn"]
 
-_TINY = 1e-12
 _BISECTIONS = 40
 
 
@@ -61,7 +60,7 @@ def project_onto_hyperplane(w: tf.Tensor, r: tf.Tensor, low: tf.Tensor | None, h
     r = tf.abs(r)
     mag = tf.abs(w)
     a = tf.ones_like(w) if norm == "linf" else mag
-    t_free = r / tf.maximum(tf.reduce_sum(mag * a, -1), _TINY)
+    t_free = r / tf.maximum(tf.reduce_sum(mag * a, -1), norms.TINY)
     direction = tf.sign(w)
     if low is None:
         return direction * a * t_free[:, None]
@@ -123,7 +122,7 @@ def _fab_linearise(model: Callable, z: tf.Tensor, shape: tf.Tensor, labels: tf.T
     del tape
     diff_f = logits - tf.gather(logits, labels, batch_dims=1)[:, None]
     diff_w = jac - tf.gather(jac, labels, batch_dims=1)[:, None, :]
-    dist = tf.abs(diff_f) / tf.maximum(_dual_rows(diff_w, norm), _TINY)
+    dist = tf.abs(diff_f) / tf.maximum(_dual_rows(diff_w, norm), norms.TINY)
     dist = tf.where(tf.one_hot(labels, tf.shape(logits)[1]) > 0, tf.cast(math.inf, dist.dtype), dist)
     j = tf.argmin(dist, -1, output_type=tf.int32)
     return tf.cast(tf.gather(diff_f, j, batch_dims=1), dtype), tf.gather(diff_w, j, batch_dims=1)
@@ -140,7 +139,7 @@ def _fab_move(z: tf.Tensor, x0: tf.Tensor, f: tf.Tensor, w: tf.Tensor, bounds0: 
     d_orig = project_onto_hyperplane(w, -(f + tf.reduce_sum(w * (x0 - z), -1)), low0, high0, norm)
     n_cur = norms.per_example_norm(d_cur, norm)
     n_orig = norms.per_example_norm(d_orig, norm)
-    alpha = tf.minimum(n_cur / tf.maximum(n_cur + n_orig, _TINY), alpha_max)[:, None]
+    alpha = tf.minimum(n_cur / tf.maximum(n_cur + n_orig, norms.TINY), alpha_max)[:, None]
     z_new = (1.0 - alpha) * (z + eta * d_cur) + alpha * (x0 + eta * d_orig)
     return clip_to_range(z_new, clip)
 
@@ -322,7 +321,7 @@ def fmn(
         best_x = tf.where(norms.expand_like(better, x), z, best_x)
         best_d = tf.where(better, size, best_d)
         g = tf.cast(_cosine(gamma, gamma_final, k, steps), dtype)
-        first_order = size + margin / tf.maximum(norms.dual_norm(grad, norm), _TINY)
+        first_order = size + margin / tf.maximum(norms.dual_norm(grad, norm), norms.TINY)
         eps = tf.where(adv, tf.minimum(eps * (1.0 - g), best_d),
                        (1.0 + g) * tf.where(tf.math.is_finite(best_d), eps, first_order))
         step = tf.cast(_cosine(alpha, alpha_final, k, steps), dtype) * eps

@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 
-
-_SQRT_EPS = 1e-12
-
-
 def penalty_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
     """Per-example size ``R(grad)`` of an input gradient.
 
@@ -47,7 +43,7 @@ def penalty_norm(grad: tf.Tensor, norm: str) -> tf.Tensor:
         return tf.reduce_sum(tf.square(grad), axis=tf.range(1, tf.rank(grad)))
     if norm == "l2":
         sq = tf.reduce_sum(tf.square(grad), axis=tf.range(1, tf.rank(grad)))
-        return tf.sqrt(sq + scalar(_SQRT_EPS, grad.dtype))
+        return tf.sqrt(sq + scalar(norms.TINY, grad.dtype))
     if norm in ("l1", "linf"):
         return norms.per_example_norm(grad, norm)
     raise ValueError(f"penalty norm={norm!r} is not supported; choose one of {PENALTY_NORMS}")
@@ -341,7 +337,7 @@ def finite_difference_penalty(ctx: StepContext, point, fn: Callable[[tf.Tensor, 
     if norm == "l2_squared":
         return tf.square(slope)
     if norm == "l2":
-        return tf.sqrt(tf.square(slope) + scalar(_SQRT_EPS, slope.dtype))
+        return tf.sqrt(tf.square(slope) + scalar(norms.TINY, slope.dtype))
     return tf.abs(slope)
 
 
