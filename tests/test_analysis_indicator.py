@@ -155,3 +155,16 @@ def test_relative_threshold_and_bad_arguments():
         indicator.robustness_indicator(model, x, [0, 1], hessian_of=["hessian"])
     with pytest.raises(ValueError, match="batch_size=0"):
         indicator.robustness_indicator(model, x, [0, 1], batch_size=0)
+
+
+def test_power_iteration_over_batches_of_different_sizes_equals_one_batch():
+    """7 examples at batch_size 4 retrace for the last 3 (their batch is unknown to the loop); run to
+    convergence, the per-example top eigenvalue equals that of one batch of 7 (the start vectors
+    differ, the examples do not interact)."""
+    model = tiny_tanh_model("float64")
+    x = np.random.default_rng(1).uniform(size=(7, 4, 4, 1))
+    y = np.arange(7) % 3
+    split = indicator.robustness_indicator(model, x, y, batch_size=4, method="power", k=1, iters=500)
+    whole = indicator.robustness_indicator(model, x, y, batch_size=7, method="power", k=1, iters=500)
+    for of in split.hessian:
+        np.testing.assert_allclose(split.hessian[of]["top"], whole.hessian[of]["top"], rtol=1e-6, atol=1e-9)

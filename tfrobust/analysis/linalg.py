@@ -204,17 +204,22 @@ def power_iteration(matvec: Operator, v0: tf.Tensor, iters: int, k: int = 1) -> 
             w = w - (lam * tf.reduce_sum(q * v, axis=-1))[:, None] * q
         return w
 
+    # After a retrace (a last, smaller batch) the operator's output may lose its static shape;
+    # the iteration keeps the width and lets the batch vary.
+    invariant = tf.TensorShape([None, *v0.shape[1:]])
     for i in range(k):
         v = v0 if i == 0 else tf.roll(v0, shift=i, axis=-1)
         for q in found_vectors:
             v = v - tf.reduce_sum(q * v, axis=-1)[:, None] * q
         v, _ = _normalise(v)
 
+
         def body(j, v):
             w, _ = _normalise(deflated(v))
-            return j + 1, w
+            return j + 1, tf.ensure_shape(w, invariant)
 
-        _, v = tf.while_loop(lambda j, _: j < iters, body, (tf.constant(0), v))
+        _, v = tf.while_loop(lambda j, _: j < iters, body, (tf.constant(0), v),
+                             shape_invariants=(tf.TensorShape([]), invariant))
         lam = tf.reduce_sum(v * deflated(v), axis=-1)
         found_values.append(lam)
         found_vectors.append(v)
