@@ -614,9 +614,9 @@ def build_model(args: argparse.Namespace):
     import keras
 
     if args.model:
-        from tfrobust.serving.export import load_keras_model
+        from tfrobust.models import load_model
 
-        return load_keras_model(args.model), f"{args.model}"
+        return load_model(args.model), f"{args.model}"
     keras.utils.set_random_seed(0)
     from tfrobust.models import mnist_cnn
 

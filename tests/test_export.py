@@ -273,7 +273,7 @@ def test_robust_model_wrapper_exports(tmp_path):
     wrapped = models.RobustModel(conv_net())
     path = tmp_path / "wrapped.keras"
     wrapped.save(path)
-    loaded = export.load_keras_model(path)
+    loaded = models.load_model(path)
     version_dir = export.export_saved_model(loaded, tmp_path / "base")
     x = images(3)
     np.testing.assert_allclose(loaded_outputs(version_dir, tf.constant(x), "serving_default")["logits"],
@@ -458,13 +458,15 @@ def test_serving_files_in_step_with_export(tmp_path):
     assert "tfrobust export --model runs/mnist/model.keras --out serving/models/tfrobust" in readme
 
 
-def test_load_keras_model_errors(tmp_path):
+def test_load_model_errors(tmp_path):
+    from tfrobust.models import load_model
+
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        export.load_keras_model(tmp_path / "missing.keras")
+        load_model(tmp_path / "missing.keras")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="could not be loaded"):
-        export.load_keras_model(junk)
+        load_model(junk)
 
 
 # -- certified_radius ------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import bounds, losses, norms
-from tfrobust.models import load_model as load_keras_model
 from tfrobust.models import unwrap
 from tfrobust.serving.calibration import calibrate_radius, choose_statistic, conformal_factor
 from tfrobust.serving.signatures import (INPUT_NAME, RADIUS_STATISTICS, ROBUSTNESS_OUTPUTS, SERVING_OUTPUTS,
@@ -57,7 +56,6 @@ __all__ = [
     "list_versions",
     "next_version",
     "infer_input_shape",
-    "load_keras_model",
     "export_saved_model",
     "clean_stale_temporaries",
 ]
