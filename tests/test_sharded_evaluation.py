@@ -59,6 +59,33 @@ def test_keyed_random_start_stays_in_the_ball(norm):
     assert np.all(size <= 0.3 + 1e-6) and size.min() > 0.05
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_seeded_random_start_is_the_same_on_every_call(norm):
+    # Without keys, an integer seed is a stateless draw: the same point on a second call, eagerly and
+    # traced (stateful op seeds gave a new point on each call), another seed or stream another point.
+    shape = tf.constant([64, 5, 5, 2])
+    first = norms.random_start(shape, 0.3, norm, seed=5).numpy()
+    np.testing.assert_array_equal(norms.random_start(shape, 0.3, norm, seed=5).numpy(), first)
+    traced = tf.function(lambda: norms.random_start(shape, 0.3, norm, seed=5))
+    np.testing.assert_array_equal(traced().numpy(), first)
+    np.testing.assert_array_equal(traced().numpy(), first)
+    assert not np.any(norms.random_start(shape, 0.3, norm, seed=6).numpy() == first)
+    assert not np.any(norms.random_start(shape, 0.3, norm, seed=5, stream=1).numpy() == first)
+    size = np.abs(first).max(axis=(1, 2, 3)) if norm == "linf" else np.sqrt((first ** 2).sum(axis=(1, 2, 3)))
+    assert np.all(size <= 0.3 + 1e-6) and size.min() > 0.05
+    unseeded = norms.random_start(shape, 0.3, norm).numpy()
+    assert not np.any(norms.random_start(shape, 0.3, norm).numpy() == unseeded)
+
+
+def test_seeded_pgd_is_the_same_attack_on_every_call():
+    model = _tiny_model()
+    x = tf.random.stateless_uniform([8, 6, 6, 1], seed=[0, 1])
+    y = tf.constant([0, 1, 2, 3] * 2)
+    first = pgd(model, x, y, eps=0.2, steps=2, step_size=0.1, seed=3).numpy()
+    np.testing.assert_array_equal(pgd(model, x, y, eps=0.2, steps=2, step_size=0.1, seed=3).numpy(), first)
+    assert not np.array_equal(pgd(model, x, y, eps=0.2, steps=2, step_size=0.1, seed=4).numpy(), first)
+
+
 def _tiny_model(seed=0, shape=(6, 6, 1), classes=4):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input(shape), keras.layers.Conv2D(3, 3, activation="relu"),

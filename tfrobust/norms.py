@@ -118,6 +118,11 @@ def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
     return delta * expand_like(scale, delta)
 
 
+def _stateless_seed(seed: int, stream: int) -> tf.Tensor:
+    """The ``[2]`` seed of a stateless draw for ``seed`` and a stream number."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(stream, tf.int64)])
+
+
 def random_start(
     shape: tf.TensorShape | tf.Tensor,
     eps: float | tf.Tensor,
@@ -132,16 +137,21 @@ def random_start(
     L∞: uniform in the cube. L2: uniform in the ball (Gaussian direction,
     radius ``eps * u ** (1 / dim)``). With ``keys`` (one ``uint32`` per example, see
     :func:`tfrobust.keyed_random.example_keys`) each example's point depends only on its key
-    and ``stream``, never on its batch; ``seed`` is then unused.
+    and ``stream``, never on its batch; ``seed`` is then unused. Without keys, an integer ``seed``
+    makes the point a pure function of ``(seed, stream, shape)`` (stateless draws: the same on every
+    call, eager or traced); ``seed=None`` draws from the global generator.
     """
     validate_norm(norm)
     eps = tf.cast(eps, dtype)
     if keys is not None:
         uniform = lambda s, n: keyed_random.keyed_uniform(keys, s, n, dtype=dtype)  # noqa: E731
         normal = lambda s, n: keyed_random.keyed_normal(keys, s, n, dtype=dtype)  # noqa: E731
+    elif seed is not None:
+        uniform = lambda s, n: tf.random.stateless_uniform(s, _stateless_seed(seed, n), dtype=dtype)  # noqa: E731
+        normal = lambda s, n: tf.random.stateless_normal(s, _stateless_seed(seed, n), dtype=dtype)  # noqa: E731
     else:
-        uniform = lambda s, n: tf.random.uniform(s, dtype=dtype, seed=seed)  # noqa: E731
-        normal = lambda s, n: tf.random.normal(s, dtype=dtype, seed=seed)  # noqa: E731
+        uniform = lambda s, n: tf.random.uniform(s, dtype=dtype)  # noqa: E731
+        normal = lambda s, n: tf.random.normal(s, dtype=dtype)  # noqa: E731
     if norm == "linf":
         return (2.0 * uniform(shape, stream) - 1.0) * eps
     direction = steepest_step(normal(shape, stream), "l2")

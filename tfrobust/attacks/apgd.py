@@ -206,7 +206,7 @@ def apgd(
             (the momentum term gets ``1 - alpha``), 0.75 in the paper.
         random_start: start uniformly inside the ball instead of at ``x``.
         training: the ``training`` flag passed to the model.
-        seed: op seed for the random start.
+        seed: seed of the random start: the same start on every call (stateless draws).
         target_rank: APGD-T: maximise the targeted DLR loss towards the class with
             the ``target_rank``-th largest logit at ``x`` (2 = the runner-up),
             still counting any misclassification as success; ``loss`` and

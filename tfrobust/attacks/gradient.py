@@ -61,7 +61,7 @@ def pgd(
         loss: ``"ce"``, ``"cw"`` (margin) or ``"dlr"``.
         targeted: move towards class ``y`` instead of away from it.
         training: the ``training`` flag passed to the model.
-        seed: op seed for the random start.
+        seed: seed of the random start: the same start on every call (stateless draws).
         keys: one ``uint32`` key per example (:func:`tfrobust.keyed_random.example_keys`):
             the random start then depends on the example alone, not on its batch.
 
