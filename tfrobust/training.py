@@ -302,8 +302,8 @@ class CheckpointAndHistory(keras.callbacks.Callback):
         self.out_dir = Path(out_dir)
         self.history = history
         self.write = write
-        self.epoch_seconds = list(epoch_seconds or [])
-        self._started = None
+        self.epoch_seconds: list[float | None] = list(epoch_seconds or [])
+        self._started: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.monotonic()

@@ -22,6 +22,7 @@ of variation (std / mean) and the ratio of the largest to the median value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 
 import keras
@@ -164,7 +165,7 @@ def _spectra_step(layers, feeds, x, seed, k, steps):
     out = []
     for i, (layer, feed) in enumerate(zip(layers, feeds)):
         h = feed(x, training=False)
-        op = linalg.gram_operator(lambda t, layer=layer: layer(t, training=False), h)
+        op = linalg.gram_operator(functools.partial(layer, training=False), h)
         shape = tf.stack([tf.shape(h)[0], tf.reduce_prod(tf.shape(h)[1:])])
         v0 = tf.random.stateless_normal(shape, seed=tf.stack([seed, tf.constant(i, tf.int64)]), dtype=h.dtype)
         values = linalg.lanczos(op, v0, steps).values

@@ -257,7 +257,8 @@ def apgd(
         a = tf.where(t == 1, tf.ones([], dtype), alpha_t)
         z = project(x_cur + norms.expand_like(s["eta"], x_cur) * norms.steepest_step(s["g_cur"], norm))
         x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_prev"]))
-        return _next_state(s, x_new, *evaluate(x_new), is_checkpoint, interval, rho_t)
+        f_new, g_new, success = evaluate(x_new)
+        return _next_state(s, x_new, f_new, g_new, success, is_checkpoint, interval, rho_t)
 
     out = tf.while_loop(cond, lambda s: (body(s),), (state,))
     out = out[0] if isinstance(out, (tuple, list)) else out

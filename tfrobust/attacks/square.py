@@ -248,7 +248,8 @@ def square(
             key, i, 0, [batch, 1, 1], maxval), rows, cols)
         x_new = _proposal(x4, x_best, mask, eps_t, clip, retries,
                           lambda j: signs(3, i, j, [batch, 1, 1, channels]))
-        x_best, m_best, fooled = _accept(x_new, *query(x_new), x_best, m_best, fooled)
+        m_new, success = query(x_new)
+        x_best, m_best, fooled = _accept(x_new, m_new, success, x_best, m_best, fooled)
         # Keep the static batch size (masks drawn with a dynamic batch lose it, which
         # tf.while_loop rejects when the batch is known, e.g. one example left).
         return (i + 1, tf.ensure_shape(x_best, static[0]), tf.ensure_shape(m_best, static[1]),
