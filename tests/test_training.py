@@ -129,8 +129,10 @@ def test_cli_train_bad_input(tmp_path, capsys):
 def test_sigkill_mid_training_then_resume(tmp_path):
     """Kill `tfrobust train` after its second checkpoint; the rerun resumes and finishes."""
     config = yaml.safe_load((REPO / "training" / "configs" / "digits_tiny.yaml").read_text())
-    config["train"]["epochs"] = 40
-    config.pop("monitor")  # keep the 40 short epochs short
+    # Ten epochs of a few hundred milliseconds each (a checkpoint is written after every one) leave
+    # the 50 ms poll below eight epochs to kill in; 40 took two minutes of the suite for no more cover.
+    config["train"]["epochs"] = EPOCHS = 10
+    config.pop("monitor")  # keep the short epochs short
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -150,18 +152,18 @@ def test_sigkill_mid_training_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed = json.loads(state_path.read_text())
-    assert 2 <= killed["epochs_done"] < 40, "the run should have been killed mid-way"
+    assert 2 <= killed["epochs_done"] < EPOCHS, "the run should have been killed mid-way"
     assert not (out / "model.keras").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming" in done.stderr
     history = json.loads((out / "history.json").read_text())
     n = killed["epochs_done"]
-    assert len(history["loss"]) == 40
+    assert len(history["loss"]) == EPOCHS
     assert history["loss"][:n] == killed["history"]["loss"]  # nothing before the kill was lost
     # The epochs' times survive the kill too: the training time is the sum over both processes.
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["epoch_seconds"][:n] == killed["epoch_seconds"] and len(state["epoch_seconds"]) == 40
+    assert state["epoch_seconds"][:n] == killed["epoch_seconds"] and len(state["epoch_seconds"]) == EPOCHS
     assert all(s > 0 for s in state["epoch_seconds"])
     assert training.train_seconds(out) == pytest.approx(sum(state["epoch_seconds"]), abs=0.1)
     resumed = keras.models.load_model(out / "model.keras").classifier
