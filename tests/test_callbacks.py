@@ -49,8 +49,8 @@ def test_monitor_logs_values_that_match_independent_computations(tmp_path):
                      callbacks=[monitor]).history
     events = read_events(tmp_path)
 
-    # Logged at epochs 1 and 3 only (every 2 epochs, epoch index as step).
-    assert set(events["robustness/clean_accuracy"]) == {1, 3}
+    # Logged at the first epoch, then at epochs 1 and 3 only (every 2 epochs, epoch index as step).
+    assert set(events["robustness/clean_accuracy"]) == {0, 1, 3}
     assert {"robustness/accuracy/none", "robustness/accuracy/fgsm", "robustness/accuracy/bim",
             "robustness/margin", "robustness/margin_mean", "robustness/grad_norm",
             "robustness/grad_norm_mean", "terms/loss", "terms/ce", "terms/jacobian_penalty",
@@ -81,7 +81,7 @@ def test_monitor_logs_values_that_match_independent_computations(tmp_path):
     # The terms are the epoch logs.
     for key in ("loss", "ce", "jacobian_penalty", "val_ce"):
         assert events[f"terms/{key}"][3] == pytest.approx(hist[key][3], rel=1e-6)
-    assert [h["epoch"] for h in monitor.history] == [1, 3]
+    assert [h["epoch"] for h in monitor.history] == [0, 1, 3]
 
 
 def test_evaluate_on_a_plain_keras_model_and_l2_norm(tmp_path):
@@ -204,13 +204,29 @@ def test_early_stopping_on_robust_accuracy_stops(tmp_path):
 
 
 def test_unmeasured_epochs_carry_the_last_value(tmp_path):
-    """every_n_epochs=2: NaN at epoch 0, measured at 1 and 3, epoch 2 carries epoch 1's value;
-    a checkpoint on the key saves only on measured epochs."""
+    """every_n_epochs=2: measured at the first epoch (0), then at 1, 3 and 5; epochs 2 and 4 carry
+    the value before them. Keras' own ModelCheckpoint keeps the best measured epoch, which is not
+    the first (a placeholder NaN at epoch 0 became Keras' best and was never beaten: it kept
+    epoch 0), and EarlyStopping stops on the measured values."""
     key = robust_accuracy_key("fgsm")
+    record = WeightsEachEpoch()
     best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor=key, mode="max",
                                            save_best_only=True)
-    _, monitor, hist = _wobbly_fit(tmp_path, [best], epochs=4, every_n_epochs=2)
+    _, monitor, hist = _wobbly_fit(tmp_path, [best, record], epochs=6, every_n_epochs=2)
     measured = [h["robust_accuracy"]["fgsm"] for h in monitor.history]
-    assert [h["epoch"] for h in monitor.history] == [1, 3]
-    assert np.isnan(hist[key][0]) and hist[key][1:] == [measured[0], measured[0], measured[1]]
-    assert (tmp_path / "best.keras").exists()
+    assert [h["epoch"] for h in monitor.history] == [0, 1, 3, 5]
+    assert hist[key] == [measured[0], measured[1], measured[1], measured[2], measured[2], measured[3]]
+    best_epoch = int(np.argmax(hist[key]))  # the first maximum, always a measured epoch
+    assert best_epoch > 0, hist[key]  # the case a first-epoch NaN got wrong
+    saved = keras.models.load_model(tmp_path / "best.keras")
+    for a, b in zip(saved.classifier.get_weights(), record.weights[best_epoch]):
+        np.testing.assert_array_equal(a, b)
+    stop = keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=2)
+    _, _, stopped = _wobbly_fit(tmp_path / "stopped", [stop], epochs=6, every_n_epochs=2)
+    best_so_far, wait, last = None, 0, 5  # Keras' rule: stop after `patience` epochs without a new best
+    for epoch, value in enumerate(hist[key]):
+        best_so_far, wait = (value, 0) if best_so_far is None or value > best_so_far else (best_so_far, wait + 1)
+        if wait >= 2:
+            last = epoch
+            break
+    assert stopped[key] == hist[key][:last + 1]

@@ -221,7 +221,7 @@ def test_atomic_best_checkpoint_keeps_the_first_maximum_and_a_resumed_threshold(
     kernel = model.classifier.layers[-1].kernel
 
     def run(values, threshold=None):
-        path = tmp_path / f"best_{threshold}.keras"
+        path = tmp_path / f"best_{len(list(tmp_path.glob('best_*.keras')))}.keras"
         callback = training.AtomicBestCheckpoint(path, "val_robust_accuracy_x", initial_value_threshold=threshold)
         callback.set_model(model)
         saved = []
@@ -234,4 +234,6 @@ def test_atomic_best_checkpoint_keeps_the_first_maximum_and_a_resumed_threshold(
         return saved
 
     assert run([0.3, 0.5, float("nan"), 0.4, 0.5, 0.6]) == [0.0, 1.0, 1.0, 1.0, 1.0, 5.0]
+    # A NaN first is passed over (Keras alone would keep it as its best, and nothing after it).
+    assert run([float("nan"), 0.3, 0.5, 0.4]) == [None, 1.0, 2.0, 2.0]
     assert run([0.3, 0.5, 0.6], threshold=0.55) == [None, None, 2.0]

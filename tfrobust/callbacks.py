@@ -60,9 +60,9 @@ def log_values(result: dict) -> dict[str, float]:
 class RobustnessMonitor(keras.callbacks.Callback):
     """Logs robustness statistics of a fixed validation subset to TensorBoard.
 
-    Every ``every_n_epochs`` epochs (at the end of epochs ``N-1, 2N-1, ...``,
-    with the epoch index as the summary step, like Keras' TensorBoard
-    callback) it writes, under ``log_dir``:
+    At the end of the first epoch of each ``fit`` and then every ``every_n_epochs``
+    epochs (the ends of epochs ``N-1, 2N-1, ...``, with the epoch index as the
+    summary step, like Keras' TensorBoard callback) it writes, under ``log_dir``:
 
     - ``robustness/clean_accuracy`` and ``robustness/accuracy/<name>``: the
       accuracy on the attacked inputs for each attack in ``attacks``;
@@ -87,8 +87,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
     (carried forward, so every epoch has them and ``History``'s lists stay one
     value per epoch; a carried value never improves on itself, so
     ``ModelCheckpoint`` does not save on it, while ``EarlyStopping``'s patience
-    counts those epochs), and NaN before the first evaluation (never "best").
-    With ``every_n_epochs=1`` every value is measured.
+    counts those epochs). The first epoch of each ``fit`` is always measured, so no
+    epoch, resumed runs included, logs a placeholder: Keras' ``ModelCheckpoint`` and
+    ``EarlyStopping`` take the first value they see as the best so far, and a NaN there
+    would never be beaten. With ``every_n_epochs=1`` every value is measured.
 
     Args:
         x_val: validation inputs (the fixed subset; or see ``n``).
@@ -211,12 +213,12 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self._last = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        if not (epoch + 1) % self.every_n_epochs:
+        if not self._last or not (epoch + 1) % self.every_n_epochs:
             result = self.evaluate()
             self.write(result, epoch, logs)
             self._last = log_values(result)
         if logs is not None:
-            logs.update(self._last or {key: float("nan") for key in self.log_keys})
+            logs.update(self._last)
 
     @property
     def log_keys(self) -> list[str]:

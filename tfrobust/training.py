@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -259,8 +260,10 @@ def _atomic_save_model(model: keras.Model, path: Path) -> None:
 class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras' ``ModelCheckpoint(save_best_only=True, mode="max")``, writing ``path`` atomically.
 
-    Keras selects the epochs (a new maximum of ``monitor`` in the epoch logs; NaN and a value
-    equal to the best never are) and writes the model to a temporary name beside ``path``;
+    Keras selects the epochs (a new maximum of ``monitor`` in the epoch logs; a value equal to
+    the best never is) and writes the model to a temporary name beside ``path``; an epoch that
+    logs NaN is passed over here (Keras would take a first NaN as its best, and no later value
+    beats NaN, so nothing after it would be kept);
     this renames it over ``path``, as every checkpoint of :func:`train` is written, so a crash
     never leaves a half-written ``best.keras``. ``initial_value_threshold``: the best value of
     an earlier run being resumed (only a better epoch replaces its file).
@@ -273,6 +276,9 @@ class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
                          save_best_only=True, initial_value_threshold=initial_value_threshold)
 
     def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if isinstance(value, (int, float, np.floating)) and value != value:  # NaN
+            return
         super().on_epoch_end(epoch, logs)
         written = Path(self.filepath)
         if written.exists():
