@@ -48,6 +48,28 @@ def held_out(config: dict):
     return x[len(x) - n_val + MONITORED:], y[len(y) - n_val + MONITORED:]
 
 
+def best_is_its_epoch(config: dict, path: Path, history: dict, best_epoch: int) -> dict:
+    """``best.keras``'s clean accuracy on the monitor's images against the monitor's record of the
+    best epoch: a deterministic check that the file holds that epoch (the robust value is not one:
+    the monitor's random starts draw anew)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from tfrobust import data  # pylint: disable=import-outside-toplevel
+    from tfrobust.models import unwrap  # pylint: disable=import-outside-toplevel
+
+    x, y = data.load(config["dataset"], "train")
+    start = len(x) - int(config["train"]["validation_n"])
+    x, y = x[start:start + MONITORED], y[start:start + MONITORED]
+    logits = unwrap(keras.models.load_model(path)).predict(x, batch_size=250, verbose=0)
+    measured = float(np.mean(np.argmax(logits, -1) == y))
+    recorded = float(history["val_clean_accuracy"][best_epoch - 1])
+    if abs(measured - recorded) > 0.5 / MONITORED:
+        raise SystemExit(f"best.keras scores {measured} clean on the monitor's images, but epoch {best_epoch} "
+                         f"logged {recorded}: it does not hold the best epoch")
+    return {"clean_accuracy_on_monitor_images": measured, "logged_at_best_epoch": recorded}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/keep_best", help="training folder (resumable)")
@@ -80,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     history = json.loads((runs / "history.json").read_text())
     monitored = [(i + 1, v) for i, v in enumerate(history[KEY]) if v == v]
     best_epoch, best_value = max(monitored, key=lambda ev: ev[1])  # first maximum, as ModelCheckpoint keeps
+    check = best_is_its_epoch(config, runs / "best.keras", history, best_epoch)
     x, y = held_out(config)
     candidates = {}
     for name, path in (("last_epoch", runs / "model.keras"), ("best_epoch", runs / "best.keras")):
@@ -98,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "judged_on": f"the other {len(x)} validation images, APGD-CE -> APGD-T (9 targets) at eps 0.3, cascade",
         "monitor_by_epoch": {str(e): v for e, v in monitored},
         "best_monitored_epoch": best_epoch, "best_monitored_value": best_value,
-        "epochs": len(history["loss"]), "pilot": bool(pilot), "candidates": candidates,
+        "epochs": len(history["loss"]), "pilot": bool(pilot), "best_keras_check": check,
+        "candidates": candidates,
         "winner": "best_epoch" if best > last else "last_epoch",
         "held_out_gain": round(best - last, 4),
         "train_wall_seconds_this_call": round(train_wall, 1),
