@@ -392,7 +392,12 @@ def test_one_trace_per_attack_serves_every_eps(caplog):
                                         eps="0.05,0.1,0.15,0.2,0.25,0.3", batch_size=20,
                                         budget=evaluation.Budget(step_size={"bim": 0.1, "cw": 0.1, "pgd": None}),
                                         progress=False)
-    assert "retracing" not in caplog.text
+    # TF's retracing warning counts the traces of one code object across the whole process, so
+    # the step closures of earlier tests' models (apgd-t traces one per target) trigger it here or
+    # not depending on test order; those steps' traces are counted exactly below instead.
+    others = [r.getMessage() for r in caplog.records
+              if "retracing" in r.getMessage() and "_compiled_check.<locals>.step" not in r.getMessage()]
+    assert others == []
     traced = [f for f in cascade._COMPILED[model].values()]
     assert len(traced) == 5  # four attacks and the sanity check's unbounded PGD
     assert all(f.experimental_get_tracing_count() == 1 for f in traced)
