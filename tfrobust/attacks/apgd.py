@@ -120,10 +120,12 @@ def _initial_state(x: tf.Tensor, x0: tf.Tensor, f0: tf.Tensor, g0: tf.Tensor, fo
     )
 
 
-def _next_state(s: dict, x_new: tf.Tensor, f_new: tf.Tensor, g_new: tf.Tensor, success: tf.Tensor,
+def _next_state(s: dict, x_new: tf.Tensor, evaluated: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
                 is_checkpoint: tf.Tensor, interval: tf.Tensor, rho: tf.Tensor) -> dict:
-    """The state after the step to ``x_new`` (objective ``f_new``, gradient ``g_new``): the first
-    fooling point, the best point, and at a checkpoint the halved step and restart from the best."""
+    """The state after the step to ``x_new``, whose ``evaluated`` is ``(objective, gradient,
+    success)``: the first fooling point, the best point, and at a checkpoint the halved step and
+    restart from the best."""
+    f_new, g_new, success = evaluated
     t, x_cur = s["t"], s["x_cur"]
     dtype = x_new.dtype
     first = tf.logical_and(success, tf.logical_not(s["fooled"]))
@@ -257,8 +259,7 @@ def apgd(
         a = tf.where(t == 1, tf.ones([], dtype), alpha_t)
         z = project(x_cur + norms.expand_like(s["eta"], x_cur) * norms.steepest_step(s["g_cur"], norm))
         x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_prev"]))
-        f_new, g_new, success = evaluate(x_new)
-        return _next_state(s, x_new, f_new, g_new, success, is_checkpoint, interval, rho_t)
+        return _next_state(s, x_new, evaluate(x_new), is_checkpoint, interval, rho_t)
 
     out = tf.while_loop(cond, lambda s: (body(s),), (state,))
     out = out[0] if isinstance(out, (tuple, list)) else out

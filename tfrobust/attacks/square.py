@@ -124,10 +124,11 @@ def _window_mask(side: tf.Tensor, draw_corner: Callable, rows: tf.Tensor, cols: 
     return ((rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w))[..., None]
 
 
-def _accept(x_new: tf.Tensor, m_new: tf.Tensor, success: tf.Tensor, x_best: tf.Tensor, m_best: tf.Tensor,
+def _accept(x_new: tf.Tensor, queried: tuple[tf.Tensor, tf.Tensor], x_best: tf.Tensor, m_best: tf.Tensor,
             fooled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """``(x_best, m_best, fooled)`` after keeping each proposal that lowers the margin of an example
-    not fooled yet."""
+    not fooled yet; ``queried`` is the proposals' ``(margin, success)``."""
+    m_new, success = queried
     accept = tf.logical_and(m_new < m_best, tf.logical_not(fooled))
     x_best = tf.where(accept[:, None, None, None], x_new, x_best)
     m_best = tf.where(accept, m_new, m_best)
@@ -248,8 +249,7 @@ def square(
             key, i, 0, [batch, 1, 1], maxval), rows, cols)
         x_new = _proposal(x4, x_best, mask, eps_t, clip, retries,
                           lambda j: signs(3, i, j, [batch, 1, 1, channels]))
-        m_new, success = query(x_new)
-        x_best, m_best, fooled = _accept(x_new, m_new, success, x_best, m_best, fooled)
+        x_best, m_best, fooled = _accept(x_new, query(x_new), x_best, m_best, fooled)
         # Keep the static batch size (masks drawn with a dynamic batch lose it, which
         # tf.while_loop rejects when the batch is known, e.g. one example left).
         return (i + 1, tf.ensure_shape(x_best, static[0]), tf.ensure_shape(m_best, static[1]),
