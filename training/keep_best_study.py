@@ -70,6 +70,20 @@ def best_is_its_epoch(config: dict, path: Path, history: dict, best_epoch: int) 
     return {"clean_accuracy_on_monitor_images": measured, "logged_at_best_epoch": recorded}
 
 
+def results_sentence(report: dict) -> str:
+    """docs/results.md's summary of ``keep_best.json`` (tests check that the page quotes it)."""
+    last, best = (report["candidates"][k] for k in ("last_epoch", "best_epoch"))
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}%"
+
+    return (f"the monitored robust accuracy peaked at epoch {report['best_monitored_epoch']} of "
+            f"{report['epochs']} ({pct(report['best_monitored_value'])}); on the other 500 validation images "
+            f"under APGD-CE → APGD-T at eps 0.3 the last epoch scores {pct(last['worst_case']['0.3'])} "
+            f"(clean {pct(last['clean_accuracy'])}) and the best epoch {pct(best['worst_case']['0.3'])} "
+            f"(clean {pct(best['clean_accuracy'])})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/keep_best", help="training folder (resumable)")
