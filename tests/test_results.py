@@ -131,6 +131,30 @@ def test_one_cpu_hour_recipe_is_the_validated_candidate_and_the_results_page_quo
             "AutoAttack at eps 0.3**") in RESULTS_PAGE
 
 
+def test_keep_best_study_is_quoted_and_the_recipe_follows_its_decision():
+    """The one-CPU-hour recipe keeps the best robust epoch only if that won on the held-out images."""
+    sys.path.insert(0, str(REPO / "training"))
+    from keep_best_study import KEY, results_sentence
+    from tfrobust.training import load_config
+    report = json.loads((REPO / "training" / "results" / "keep_best" / "keep_best.json").read_text())
+    assert not report["pilot"] and report["epochs"] == load_config("mnist_one_cpu_hour")["train"]["epochs"]
+    check = report["best_keras_check"]  # best.keras is the model of the best monitored epoch
+    assert check["clean_accuracy_on_monitor_images"] == pytest.approx(check["logged_at_best_epoch"], abs=1e-3)
+    monitored = report["monitor_by_epoch"]
+    assert max(monitored.values()) == report["best_monitored_value"] == monitored[str(report["best_monitored_epoch"])]
+    best, last = (report["candidates"][k]["worst_case"]["0.3"] for k in ("best_epoch", "last_epoch"))
+    gain = best - last
+    assert report["winner"] == ("best_epoch" if gain > 0 else "last_epoch")
+    assert results_sentence(report) in RESULTS_PAGE, results_sentence(report)
+    assert load_config("mnist_one_cpu_hour").get("keep_best") == (KEY if report["winner"] == "best_epoch" else None)
+    paired = json.loads((REPO / "training" / "results" / "keep_best" / "paired.json").read_text())
+    for name, key in (("last_epoch", "robust_last_epoch"), ("best_epoch", "robust_best_epoch")):
+        assert paired[key] == round(report["candidates"][name]["worst_case"]["0.3"] * paired["images"])
+    assert (f"{paired['robust_only_under_best_epoch']} are robust only under the\nbest epoch and "
+            f"{paired['robust_only_under_last_epoch']} only under the last (exact one-sided sign test "
+            f"p = {paired['sign_test_one_sided_p']:.3f}") in RESULTS_PAGE
+
+
 def test_results_page_certified_and_adaptive_tables_are_their_json():
     from helpers import load_script
     table = load_script(REPO / "training" / "certified_table.py")

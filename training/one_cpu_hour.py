@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds, how = args.train_seconds, "given with --train-seconds (measured outside this script)"
     raw = out / "evaluate.json"
     start = time.time()
-    subprocess.run(cli + ["evaluate", "--model", str(runs / "model.keras"), "--dataset", "mnist", "--n",
+    # The recipe keeps its best robust epoch (training/results/keep_best/): that is the model it gives.
+    model = runs / ("best.keras" if (runs / "best.keras").exists() else "model.keras")
+    subprocess.run(cli + ["evaluate", "--model", str(model), "--dataset", "mnist", "--n",
                           str(args.n), "--attacks", "autoattack", "--eps", args.eps, "--json", str(raw)], check=True)
     result = json.loads(raw.read_text())
     raw.unlink()
