@@ -277,7 +277,7 @@ class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if isinstance(value, (int, float, np.floating)) and value != value:  # NaN
+        if isinstance(value, (float, np.floating)) and np.isnan(value):
             return
         super().on_epoch_end(epoch, logs)
         written = Path(self.filepath)

@@ -39,13 +39,19 @@ def study_config(every: int) -> dict:
     return config
 
 
-def held_out(config: dict):
-    """The validation images the monitor did not see (the training split's last ones)."""
+def validation_images(config: dict):
+    """The recipe's validation split: the training split's last ``validation_n`` images."""
     from tfrobust import data  # pylint: disable=import-outside-toplevel
 
     x, y = data.load(config["dataset"], "train")
-    n_val = int(config["train"]["validation_n"])
-    return x[len(x) - n_val + MONITORED:], y[len(y) - n_val + MONITORED:]
+    start = len(x) - int(config["train"]["validation_n"])
+    return x[start:], y[start:]
+
+
+def held_out(config: dict):
+    """The validation images the monitor did not see."""
+    x, y = validation_images(config)
+    return x[MONITORED:], y[MONITORED:]
 
 
 def best_is_its_epoch(config: dict, path: Path, history: dict, best_epoch: int) -> dict:
@@ -55,12 +61,10 @@ def best_is_its_epoch(config: dict, path: Path, history: dict, best_epoch: int) 
     import numpy as np  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
 
-    from tfrobust import data  # pylint: disable=import-outside-toplevel
     from tfrobust.models import unwrap  # pylint: disable=import-outside-toplevel
 
-    x, y = data.load(config["dataset"], "train")
-    start = len(x) - int(config["train"]["validation_n"])
-    x, y = x[start:start + MONITORED], y[start:start + MONITORED]
+    x, y = validation_images(config)
+    x, y = x[:MONITORED], y[:MONITORED]
     logits = unwrap(keras.models.load_model(path)).predict(x, batch_size=250, verbose=0)
     measured = float(np.mean(np.argmax(logits, -1) == y))
     recorded = float(history["val_clean_accuracy"][best_epoch - 1])

@@ -213,7 +213,6 @@ def power_iteration(matvec: Operator, v0: tf.Tensor, iters: int, k: int = 1) -> 
             v = v - tf.reduce_sum(q * v, axis=-1)[:, None] * q
         v, _ = _normalise(v)
 
-
         def body(j, v):
             w, _ = _normalise(deflated(v))
             return j + 1, tf.ensure_shape(w, invariant)
